@@ -1,0 +1,1 @@
+"""Model Runner services: registry, scheduler, worker, gateway, and the local stack launcher."""

@@ -1,0 +1,52 @@
+"""Suite-wide guards: no test may leave asyncio tasks or child processes behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _child_pids() -> set[int]:
+    children: set[int] = set()
+    task_dir = Path(f"/proc/{os.getpid()}/task")
+    for task in task_dir.iterdir():
+        try:
+            text = (task / "children").read_text()
+        except OSError:
+            continue
+        children.update(int(pid) for pid in text.split())
+    return {pid for pid in children if _is_alive(pid)}
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_children(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test that leaves a child process running (module/session fixtures excepted)."""
+    before = _child_pids()
+    yield
+    leaked = _child_pids() - before
+    if leaked:
+        pytest.fail(f"test left child processes running: {sorted(leaked)}")
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> Iterator[None]:  # type: ignore[misc]
+    """Fails a test that leaves asyncio tasks running on the session loop."""
+    before = set(asyncio.all_tasks())
+    yield
+    current = asyncio.current_task()
+    leaked = [t for t in asyncio.all_tasks() - before if t is not current and not t.done()]
+    if leaked:
+        names = ", ".join(sorted(t.get_name() + ":" + repr(t.get_coro()) for t in leaked))[:2000]
+        pytest.fail(f"test left asyncio tasks running: {names}")

@@ -1,0 +1,68 @@
+"""Process and port helpers shared by the tests: free ports, readiness polling, PID-based teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+__all__ = ["free_port", "stop_process", "wait_for", "wait_grpc_healthy", "wait_grpc_healthy_sync"]
+
+
+def free_port() -> int:
+    """A port the kernel just handed out on 127.0.0.1 (bind to 0, read, release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll `predicate` until it is true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+async def wait_grpc_healthy(address: str, *, timeout: float = 30.0, service: str = "") -> None:
+    """Poll the gRPC health service until it answers SERVING."""
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{address} not healthy after {timeout:.0f}s")
+            await asyncio.sleep(0.05)
+
+
+def wait_grpc_healthy_sync(address: str, *, timeout: float = 30.0) -> None:
+    asyncio.run(wait_grpc_healthy(address, timeout=timeout))
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
+    """SIGTERM, wait, then SIGKILL: the process is gone when this returns."""
+    if process.poll() is not None:
+        return
+    try:
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
