@@ -27,7 +27,9 @@ DEFAULT_TAG = "latest"
 
 _DEFAULT_REGISTRY_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_REGISTRY = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9-]+)*(?::\d{1,5})?$")
+_REGISTRY = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9-]+)*(?::\d{1,5})?$"
+)
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
 _HEX_ID = re.compile(r"^(?:[a-f0-9]{12}|[a-f0-9]{64})$")
@@ -116,8 +118,12 @@ def parse_reference(
 
     for component in components:
         if not _PATH_COMPONENT.match(component):
-            hint = " (repository names must be lower-case)" if component.lower() != component else ""
-            raise InvalidReference(f"invalid repository name component {component!r} in {text!r}{hint}")
+            hint = (
+                " (repository names must be lower-case)" if component.lower() != component else ""
+            )
+            raise InvalidReference(
+                f"invalid repository name component {component!r} in {text!r}{hint}"
+            )
     repository = "/".join(components)
     if len(repository) + len(registry) + 1 > _MAX_NAME_LENGTH:
         raise InvalidReference(f"repository name in {text!r} is longer than {_MAX_NAME_LENGTH}")
