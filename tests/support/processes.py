@@ -10,8 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from services.common.health_client import wait_until_serving
 
 __all__ = ["free_port", "stop_process", "wait_for", "wait_grpc_healthy", "wait_grpc_healthy_sync"]
 
@@ -37,21 +36,7 @@ def wait_for(
 
 async def wait_grpc_healthy(address: str, *, timeout: float = 30.0, service: str = "") -> None:
     """Poll the gRPC health service until it answers SERVING."""
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = await stub.Check(
-                    health_pb2.HealthCheckRequest(service=service), timeout=1.0
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{address} not healthy after {timeout:.0f}s")
-            await asyncio.sleep(0.05)
+    await wait_until_serving(address, timeout=timeout, service=service)
 
 
 def wait_grpc_healthy_sync(address: str, *, timeout: float = 30.0) -> None:
