@@ -5,37 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-
-def _child_pids() -> set[int]:
-    children: set[int] = set()
-    task_dir = Path(f"/proc/{os.getpid()}/task")
-    for task in task_dir.iterdir():
-        try:
-            text = (task / "children").read_text()
-        except OSError:
-            continue
-        children.update(int(pid) for pid in text.split())
-    return {pid for pid in children if _is_alive(pid)}
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+from tests.support.processes import child_pids
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_children(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fails a test that leaves a child process running (module/session fixtures excepted)."""
-    before = _child_pids()
+    before = child_pids(os.getpid())
     yield
-    leaked = _child_pids() - before
+    leaked = child_pids(os.getpid()) - before
     if leaked:
         pytest.fail(f"test left child processes running: {sorted(leaked)}")
 

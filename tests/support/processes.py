@@ -9,10 +9,19 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from services.common.health_client import wait_until_serving
 
-__all__ = ["free_port", "stop_process", "wait_for", "wait_grpc_healthy", "wait_grpc_healthy_sync"]
+__all__ = [
+    "child_pids",
+    "free_port",
+    "is_alive",
+    "stop_process",
+    "wait_for",
+    "wait_grpc_healthy",
+    "wait_grpc_healthy_sync",
+]
 
 
 def free_port() -> int:
@@ -55,3 +64,27 @@ def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 10.0) -> 
         process.wait(timeout=timeout)
     except ProcessLookupError:
         pass
+
+
+def is_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def child_pids(pid: int) -> set[int]:
+    """Live direct children of `pid` (from /proc, all threads)."""
+    children: set[int] = set()
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            children.update(int(child) for child in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return {child for child in children if is_alive(child)}

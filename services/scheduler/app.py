@@ -1,0 +1,72 @@
+"""The running scheduler: the control plane plus its background jobs, started and stopped together.
+
+`async with SchedulerApp(...) as app:` starts one task that owns a TaskGroup with the idle-unload
+reaper and the dead-worker/lease sweeper; leaving the block stops both, cancels loads in progress
+and closes every client channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+
+from services.common.clock import Clock
+from services.scheduler.config import SchedulerSettings
+from services.scheduler.control import ControlPlane
+from services.scheduler.resolver import ModelResolver
+from services.scheduler.workers import WorkerClient
+
+__all__ = ["SchedulerApp"]
+
+_log = logging.getLogger(__name__)
+
+
+class SchedulerApp:
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        *,
+        resolver: ModelResolver,
+        workers: WorkerClient,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.control = ControlPlane(settings, resolver=resolver, workers=workers, clock=clock)
+        self._stop = asyncio.Event()
+        self._background: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> SchedulerApp:
+        self._background = asyncio.create_task(self._run_background(), name="scheduler background")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self.control.reaper.stop()
+        try:
+            if self._background is not None:
+                await self._background
+        finally:
+            await self.control.aclose()
+
+    async def _run_background(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.control.reaper.run(), name="idle-unload reaper")
+            group.create_task(self._sweep_loop(), name="worker sweeper")
+
+    async def _sweep_loop(self) -> None:
+        """Every heartbeat interval, forget dead workers and expired leases."""
+        while not self._stop.is_set():
+            try:
+                await self.control.sweep(self.clock.monotonic())
+            except Exception:  # one failed pass must not stop dead-worker detection for good
+                _log.exception("sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.heartbeat_interval)

@@ -1,0 +1,86 @@
+"""Scheduler errors. `server.py` maps each branch of this tree to one gRPC status.
+
+SchedulerError
+├── InvalidRequest             INVALID_ARGUMENT   a malformed call (empty worker id, ...)
+│   └── InvalidModelReference  INVALID_ARGUMENT   the model string is not a reference
+├── ModelNotFound              NOT_FOUND          the registry does not have the model
+├── UnknownLease               NOT_FOUND          released twice, expired, or from before a restart
+├── Unavailable                UNAVAILABLE        nothing can serve the request right now
+│   ├── NoWorkerAvailable      no alive worker matches
+│   ├── LoadFailed             the worker could not start the model (carries its reason)
+│   ├── RegistryUnavailable    the registry did not answer
+│   └── ShuttingDown           the scheduler is stopping
+├── LoadTimeout                DEADLINE_EXCEEDED  the load outlived its deadline
+└── QueueFull                  RESOURCE_EXHAUSTED too many waiters on a load, or too many leases
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidModelReference",
+    "InvalidRequest",
+    "LoadFailed",
+    "LoadTimeout",
+    "ModelNotFound",
+    "NoWorkerAvailable",
+    "QueueFull",
+    "RegistryUnavailable",
+    "SchedulerError",
+    "ShuttingDown",
+    "Unavailable",
+    "UnknownLease",
+]
+
+
+class SchedulerError(Exception):
+    """Base of every error the scheduler reports to its callers."""
+
+
+class InvalidRequest(SchedulerError):
+    """The request is malformed."""
+
+
+class InvalidModelReference(InvalidRequest):
+    """The model string cannot be parsed as a reference or id."""
+
+
+class ModelNotFound(SchedulerError):
+    """The registry has no model under this reference."""
+
+
+class UnknownLease(SchedulerError):
+    """The lease id is not in the table (already released, expired, or issued before a restart)."""
+
+
+class Unavailable(SchedulerError):
+    """Nothing can serve the request right now; a retry later may succeed."""
+
+
+class NoWorkerAvailable(Unavailable):
+    """No alive worker can take the model."""
+
+
+class LoadFailed(Unavailable):
+    """A worker failed to load the model; `reason` is what the worker (llama-server) said."""
+
+    def __init__(self, model: str, worker_id: str, reason: str) -> None:
+        super().__init__(f"failed to load {model} on worker {worker_id}: {reason}")
+        self.model = model
+        self.worker_id = worker_id
+        self.reason = reason
+
+
+class RegistryUnavailable(Unavailable):
+    """The registry could not be asked to resolve the model."""
+
+
+class ShuttingDown(Unavailable):
+    """The scheduler is stopping and takes no new loads."""
+
+
+class LoadTimeout(SchedulerError):
+    """The model did not become ready before the load or caller deadline."""
+
+
+class QueueFull(SchedulerError):
+    """A bound was hit: waiters on one load, or leases in flight. Answered at once, never queued."""
