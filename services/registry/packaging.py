@@ -1,0 +1,239 @@
+"""Package a local GGUF file (plus optional license and chat template) as a DMR model artifact.
+
+The result is what `docker model package --gguf` writes: an OCI image manifest without
+artifactType, a `application/vnd.docker.ai.model.config.v0.1+json` config in DMR's real shape and
+one raw layer per file carrying the three `org.cncf.model.*` annotations. Every input is checked
+(exists, regular file, readable, GGUF magic or UTF-8 text) before anything is written, so bad
+input leaves the store untouched.
+
+`descriptor.created` is the GGUF file's modification time rather than the time of packaging, so
+packaging the same files twice yields the same config, the same manifest and so the same model id
+(DMR stamps time.Now() and gets a new id each time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from services.common.digest import sha256_digest
+from services.common.reference import InvalidReference, parse_reference
+from services.registry.errors import (
+    InvalidArgument,
+    InvalidModelFile,
+    PermissionDenied,
+    SourceFileNotFound,
+)
+from services.registry.gguf_metadata import GGUFInfo, has_gguf_magic, read_gguf_info
+from services.registry.model_store import Model, ModelStore
+from services.registry.store.manifests import (
+    ANNOTATION_FILE_METADATA,
+    ANNOTATION_FILEPATH,
+    ANNOTATION_MEDIATYPE_UNTESTED,
+    MEDIA_TYPE_CHAT_TEMPLATE,
+    MEDIA_TYPE_CONFIG_V01,
+    MEDIA_TYPE_GGUF,
+    MEDIA_TYPE_LICENSE,
+    ConfigFile,
+    Descriptor,
+    ModelConfig,
+    build_config,
+    build_manifest,
+    format_go_time_ns,
+    go_json,
+)
+
+__all__ = ["PackageSpec", "Packager"]
+
+_log = logging.getLogger(__name__)
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    gguf_path: str
+    tag: str
+    # 0 keeps the GGUF's `<architecture>.context_length`.
+    context_size: int = 0
+    license_path: str = ""
+    chat_template_path: str = ""
+
+
+@dataclass(frozen=True)
+class _Source:
+    # Resolved (symlinks followed) for reading; `name` is the basename the caller gave.
+    path: Path
+    name: str
+    media_type: str
+    mode: int
+    mtime_ns: int
+
+
+class Packager:
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        allowed_dirs: Sequence[Path] = (),
+        max_text_file_bytes: int,
+    ) -> None:
+        self._store = store
+        self._allowed_dirs = tuple(allowed_dirs)
+        self._max_text_file_bytes = max_text_file_bytes
+
+    async def package(self, spec: PackageSpec) -> Model:
+        tag = self._validate_request(spec)
+        sources = [await asyncio.to_thread(self._check_gguf, spec.gguf_path)]
+        if spec.license_path:
+            sources.append(
+                await asyncio.to_thread(self._check_text, spec.license_path, MEDIA_TYPE_LICENSE)
+            )
+        if spec.chat_template_path:
+            sources.append(
+                await asyncio.to_thread(
+                    self._check_text, spec.chat_template_path, MEDIA_TYPE_CHAT_TEMPLATE
+                )
+            )
+        info = await asyncio.to_thread(read_gguf_info, sources[0].path)
+        context_size = spec.context_size or info.context_length
+        if context_size > _INT32_MAX:
+            raise InvalidModelFile(f"context length {context_size} does not fit in int32")
+        written: list[str] = []
+        try:
+            with self._store.pin_session() as pins:
+                layers: list[Descriptor] = []
+                for source in sources:
+                    digest, _ = await self._store.blobs.hash_file(source.path)
+                    pins.add(digest)
+                    written.append(digest)
+                    size = await self._store.blobs.write_file(digest, source.path)
+                    layers.append(_layer(source, digest, size))
+                config_data = build_config(_config_file(info, layers, context_size, sources[0]))
+                config_digest = sha256_digest(config_data)
+                pins.add(config_digest)
+                written.append(config_digest)
+                await self._store.blobs.write_bytes(config_data)
+                config = Descriptor(MEDIA_TYPE_CONFIG_V01, config_digest, len(config_data))
+                model = await self._store.add_model(build_manifest(config, layers), [tag])
+        except BaseException:
+            # Blobs of a model that never reached the index are garbage; GC spares referenced ones.
+            if written:
+                await self._store.discard(written)
+            raise
+        _log.info("packaged %s as %s (%s)", sources[0].name, tag, model.id)
+        return model
+
+    @staticmethod
+    def _validate_request(spec: PackageSpec) -> str:
+        if not spec.tag.strip():
+            raise InvalidArgument("a tag for the packaged model is required")
+        try:
+            reference = parse_reference(spec.tag)
+        except InvalidReference as exc:
+            raise InvalidArgument(str(exc)) from exc
+        if reference.digest:
+            raise InvalidArgument(f"cannot tag with a digest reference: {spec.tag!r}")
+        if not 0 <= spec.context_size <= _INT32_MAX:
+            raise InvalidArgument(f"context_size must be between 0 and {_INT32_MAX}")
+        return reference.familiar
+
+    def _open_source(self, raw: str, what: str, media_type: str) -> _Source:
+        if not raw.strip():
+            raise InvalidArgument(f"{what} path is empty")
+        if "\x00" in raw:
+            raise InvalidArgument(f"{what} path contains a NUL byte")
+        path = Path(raw).expanduser().resolve()
+        if self._allowed_dirs and not any(
+            path.is_relative_to(allowed.resolve()) for allowed in self._allowed_dirs
+        ):
+            raise PermissionDenied(f"{what} {raw!r} is outside the directories Package may read")
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            raise SourceFileNotFound(f"{what} {raw!r} does not exist") from None
+        except OSError as exc:
+            raise InvalidModelFile(f"cannot access {what} {raw!r}: {exc.strerror}") from exc
+        if stat.S_ISDIR(info.st_mode):
+            raise InvalidModelFile(f"{what} {raw!r} is a directory, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidModelFile(f"{what} {raw!r} is not a regular file")
+        if not os.access(path, os.R_OK):
+            raise InvalidModelFile(f"{what} {raw!r} is not readable")
+        return _Source(
+            path, Path(raw).name, media_type, stat.S_IMODE(info.st_mode), info.st_mtime_ns
+        )
+
+    def _check_gguf(self, raw: str) -> _Source:
+        source = self._open_source(raw, "GGUF file", MEDIA_TYPE_GGUF)
+        try:
+            is_gguf = has_gguf_magic(source.path)
+        except OSError as exc:
+            raise InvalidModelFile(f"cannot read GGUF file {raw!r}: {exc.strerror}") from exc
+        if not is_gguf:
+            raise InvalidModelFile(f"{raw!r} is not a GGUF file (no GGUF magic number)")
+        return source
+
+    def _check_text(self, raw: str, media_type: str) -> _Source:
+        what = "license" if media_type == MEDIA_TYPE_LICENSE else "chat template"
+        source = self._open_source(raw, what, media_type)
+        limit = self._max_text_file_bytes
+        try:
+            with source.path.open("rb") as handle:
+                data = handle.read(limit + 1)
+        except OSError as exc:
+            raise InvalidModelFile(f"cannot read {what} {raw!r}: {exc.strerror}") from exc
+        if len(data) > limit:
+            raise InvalidModelFile(f"{what} {raw!r} is larger than {limit} bytes")
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidModelFile(f"{what} {raw!r} is not UTF-8 text") from exc
+        return source
+
+
+def _layer(source: _Source, digest: str, size: int) -> Descriptor:
+    name = source.name
+    metadata = {
+        "name": name,
+        "mode": source.mode,
+        "uid": 0,
+        "gid": 0,
+        "size": size,
+        "mtime": format_go_time_ns(source.mtime_ns),
+        "typeflag": 0,
+    }
+    return Descriptor(
+        media_type=source.media_type,
+        digest=digest,
+        size=size,
+        annotations={
+            ANNOTATION_FILEPATH: name,
+            ANNOTATION_FILE_METADATA: go_json(metadata).decode(),
+            ANNOTATION_MEDIATYPE_UNTESTED: "false",
+        },
+    )
+
+
+def _config_file(
+    info: GGUFInfo, layers: Sequence[Descriptor], context_size: int, gguf: _Source
+) -> ConfigFile:
+    created = datetime.fromtimestamp(gguf.mtime_ns / 1_000_000_000, UTC)
+    return ConfigFile(
+        config=ModelConfig(
+            format="gguf",
+            quantization=info.quantization,
+            parameters=info.parameters,
+            architecture=info.architecture,
+            size=info.size,
+            gguf=info.metadata,
+            context_size=context_size,
+        ),
+        created=created,
+        diff_ids=tuple(layer.digest for layer in layers),
+    )

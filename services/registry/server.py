@@ -1,0 +1,153 @@
+"""The grpc.aio Registry servicer: proto <-> domain conversion and error -> status mapping only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from modelrunner.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.registry.errors import (
+    Conflict,
+    DigestMismatch,
+    InvalidArgument,
+    NotFound,
+    OffsetOutOfRange,
+    PermissionDenied,
+    RegistryError,
+    StoreCorrupt,
+)
+from services.registry.model_store import Model, ModelStore
+from services.registry.packaging import Packager, PackageSpec
+from services.registry.store.manifests import Descriptor
+
+__all__ = ["SERVICE_NAME", "RegistryServicer", "descriptor_to_proto", "model_to_proto"]
+
+SERVICE_NAME: str = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+# Most specific first: InvalidModelFile is an InvalidArgument, ModelNotFound a NotFound.
+_STATUS: tuple[tuple[type[RegistryError], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (OffsetOutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (DigestMismatch, grpc.StatusCode.ABORTED),
+    (StoreCorrupt, grpc.StatusCode.INTERNAL),
+)
+
+
+def _status_for(error: RegistryError) -> grpc.StatusCode:
+    for kind, code in _STATUS:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(context: _Context, error: RegistryError) -> NoReturn:
+    code = _status_for(error)
+    if code == grpc.StatusCode.INTERNAL:
+        _log.error("registry store error: %s", error)
+    await context.abort(code, str(error))
+
+
+async def _call(context: _Context, work: Awaitable[_T]) -> _T:
+    try:
+        return await work
+    except RegistryError as error:
+        await _abort(context, error)
+
+
+def descriptor_to_proto(descriptor: Descriptor) -> common_pb2.Descriptor:
+    return common_pb2.Descriptor(
+        media_type=descriptor.media_type,
+        digest=descriptor.digest,
+        size=descriptor.size,
+        annotations=dict(descriptor.annotations),
+    )
+
+
+def model_to_proto(model: Model) -> common_pb2.Model:
+    config = model.config
+    return common_pb2.Model(
+        id=model.id,
+        tags=list(model.tags),
+        created=model.created,
+        config=common_pb2.ModelConfig(
+            format=config.format,
+            quantization=config.quantization,
+            parameters=config.parameters,
+            architecture=config.architecture,
+            size=config.size,
+            gguf=dict(config.gguf),
+            context_size=config.context_size,
+        ),
+        config_descriptor=descriptor_to_proto(model.config_descriptor),
+        layers=[descriptor_to_proto(layer) for layer in model.layers],
+    )
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServicer):
+    def __init__(self, store: ModelStore, packager: Packager, *, fetch_chunk_bytes: int) -> None:
+        self._store = store
+        self._packager = packager
+        self._fetch_chunk_bytes = fetch_chunk_bytes
+
+    async def Package(
+        self, request: registry_pb2.PackageRequest, context: _Context
+    ) -> registry_pb2.PackageResponse:
+        spec = PackageSpec(
+            gguf_path=request.gguf_path,
+            tag=request.tag,
+            context_size=request.context_size,
+            license_path=request.license_path,
+            chat_template_path=request.chat_template_path,
+        )
+        model = await _call(context, self._packager.package(spec))
+        return registry_pb2.PackageResponse(model=model_to_proto(model))
+
+    async def ListModels(
+        self, request: registry_pb2.ListModelsRequest, context: _Context
+    ) -> registry_pb2.ListModelsResponse:
+        models = await _call(context, self._store.list_models())
+        return registry_pb2.ListModelsResponse(models=[model_to_proto(m) for m in models])
+
+    async def InspectModel(
+        self, request: registry_pb2.InspectModelRequest, context: _Context
+    ) -> common_pb2.Model:
+        return model_to_proto(await _call(context, self._store.inspect(request.reference)))
+
+    async def TagModel(
+        self, request: registry_pb2.TagModelRequest, context: _Context
+    ) -> registry_pb2.TagModelResponse:
+        target, model = await _call(context, self._store.tag(request.source, request.target))
+        return registry_pb2.TagModelResponse(target=target, model_id=model.id)
+
+    async def DeleteModel(
+        self, request: registry_pb2.DeleteModelRequest, context: _Context
+    ) -> registry_pb2.DeleteModelResponse:
+        result = await _call(context, self._store.delete(request.reference, force=request.force))
+        return registry_pb2.DeleteModelResponse(
+            untagged=list(result.untagged), deleted=list(result.deleted)
+        )
+
+    async def FetchBlob(
+        self, request: registry_pb2.FetchBlobRequest, context: _Context
+    ) -> AsyncIterator[registry_pb2.BlobChunk]:
+        try:
+            async with self._store.blobs.open(request.digest, request.offset) as reader:
+                first = True
+                async for data in reader.chunks(self._fetch_chunk_bytes):
+                    yield registry_pb2.BlobChunk(data=data, total_size=reader.size if first else 0)
+                    first = False
+                if first:
+                    # Nothing left past `offset`: one empty message still tells the size.
+                    yield registry_pb2.BlobChunk(total_size=reader.size)
+        except RegistryError as error:
+            await _abort(context, error)
