@@ -17,23 +17,39 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-__all__ = ["GrpcServer", "channel_options", "run_until_signalled"]
+__all__ = ["GrpcServer", "channel_options", "run_until_signalled", "server_options"]
 
 _log = logging.getLogger(__name__)
 
 # Inference bodies and blob chunks stay far below this; it bounds what a peer can make us buffer.
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_KEEPALIVE_MS = 20_000
 
 
 def channel_options() -> list[tuple[str, int]]:
-    """Options for servers and client channels alike."""
+    """Options for client channels: bounded messages, keepalive pings to notice dead peers."""
     return [
         ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_options() -> list[tuple[str, int]]:
+    """Server options that accept the clients' keepalive pings.
+
+    Without these the server's default minimum ping interval (5 minutes) answers idle clients'
+    pings with GOAWAY "too_many_pings" and the channel reconnects.
+    """
+    return [
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", _KEEPALIVE_MS // 2),
+        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 
@@ -48,7 +64,7 @@ class GrpcServer:
     ) -> None:
         self._address = address
         self._service_names = tuple(service_names)
-        self.server = grpc.aio.server(interceptors=interceptors, options=channel_options())
+        self.server = grpc.aio.server(interceptors=interceptors, options=server_options())
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(

@@ -18,6 +18,7 @@ import httpx
 from modelrunner.v1 import registry_pb2, registry_pb2_grpc
 from services.common.grpc_client import open_channel
 from services.common.health_client import NotServing, wait_until_serving
+from services.common.reference import parse_reference
 from services.stack.config import StackSettings
 from services.stack.processes import ServiceProcess
 
@@ -131,11 +132,14 @@ class LocalStack:
         """Package `gguf` (an absolute path) into the store as `reference` unless it is there; True if packaged."""
         async with open_channel(self.settings.registry_address) as channel:
             registry = registry_pb2_grpc.RegistryStub(channel)
+            wanted = parse_reference(reference).familiar
             try:
-                await registry.InspectModel(
-                    registry_pb2.InspectModelRequest(reference=reference), timeout=10.0
+                model = await registry.InspectModel(
+                    registry_pb2.InspectModelRequest(reference=wanted), timeout=10.0
                 )
-                return False
+                # InspectModel also matches partial names; only an exact tag counts as present.
+                if wanted in model.tags:
+                    return False
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.NOT_FOUND:
                     raise StackError(f"registry: {exc.details()}") from exc

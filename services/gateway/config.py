@@ -1,0 +1,114 @@
+"""Gateway settings, read once from the environment by `__main__` and passed down."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.common.env import SettingError, env_bool, env_duration, env_int, env_str
+
+__all__ = ["GatewaySettings"]
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    port: int = 12434
+    listen_host: str = "127.0.0.1"
+    registry_address: str = "127.0.0.1:50051"
+    scheduler_address: str = "127.0.0.1:50052"
+    # Whole inference request: Assign (including a cold load) plus generation.
+    request_timeout: float = 600.0
+    # Assign alone; long enough to cover fetching blobs and starting llama-server.
+    assign_timeout: float = 330.0
+    # Model management and engine calls (list, inspect, tag, delete, ps, unload).
+    rpc_timeout: float = 30.0
+    # DMR's limit for inference bodies.
+    max_body_bytes: int = 10 * _MIB
+    # Non-streaming answers are collected before they are sent; this bounds that buffer.
+    max_response_bytes: int = 256 * _MIB
+    # Fresh Assigns after a worker answered UNAVAILABLE before the response head.
+    unavailable_retries: int = 1
+    # Telling the scheduler about a worker the gateway could not reach.
+    release_timeout: float = 2.0
+    # Retry-After sent with 503 when the scheduler's queue is full.
+    retry_after: float = 1.0
+    # Cached gRPC channels to workers (idle ones beyond this are closed, least recently used first).
+    worker_channels: int = 64
+    # Concurrent HTTP connections and requests; beyond it uvicorn answers 503 at once.
+    max_concurrency: int = 1024
+    # Idle HTTP keep-alive connections are closed after this.
+    keep_alive_timeout: float = 5.0
+    # On SIGTERM: how long in-flight responses may finish before they are cut.
+    shutdown_grace: float = 30.0
+    access_log: bool = True
+    # Extra allowed CORS origins (DMR_ORIGINS); loopback origins are always allowed, "*" allows all.
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
+        defaults = cls()
+        settings = cls(
+            port=env_int(env, "MODEL_RUNNER_PORT", defaults.port),
+            listen_host=env_str(env, "GATEWAY_LISTEN_HOST", defaults.listen_host),
+            registry_address=env_str(env, "REGISTRY_ADDRESS", defaults.registry_address),
+            scheduler_address=env_str(env, "SCHEDULER_ADDRESS", defaults.scheduler_address),
+            request_timeout=env_duration(env, "GATEWAY_REQUEST_TIMEOUT", defaults.request_timeout),
+            assign_timeout=env_duration(env, "GATEWAY_ASSIGN_TIMEOUT", defaults.assign_timeout),
+            rpc_timeout=env_duration(env, "GATEWAY_RPC_TIMEOUT", defaults.rpc_timeout),
+            max_body_bytes=env_int(env, "GATEWAY_MAX_BODY_BYTES", defaults.max_body_bytes),
+            max_response_bytes=env_int(
+                env, "GATEWAY_MAX_RESPONSE_BYTES", defaults.max_response_bytes
+            ),
+            unavailable_retries=env_int(
+                env, "GATEWAY_UNAVAILABLE_RETRIES", defaults.unavailable_retries
+            ),
+            release_timeout=env_duration(env, "GATEWAY_RELEASE_TIMEOUT", defaults.release_timeout),
+            retry_after=env_duration(env, "GATEWAY_RETRY_AFTER", defaults.retry_after),
+            worker_channels=env_int(env, "GATEWAY_WORKER_CHANNELS", defaults.worker_channels),
+            max_concurrency=env_int(env, "GATEWAY_MAX_CONCURRENCY", defaults.max_concurrency),
+            keep_alive_timeout=env_duration(
+                env, "GATEWAY_KEEP_ALIVE_TIMEOUT", defaults.keep_alive_timeout
+            ),
+            shutdown_grace=env_duration(env, "GATEWAY_SHUTDOWN_GRACE", defaults.shutdown_grace),
+            access_log=env_bool(env, "GATEWAY_ACCESS_LOG", defaults.access_log),
+            cors_origins=tuple(
+                origin.strip() for origin in env.get("DMR_ORIGINS", "").split(",") if origin.strip()
+            ),
+            log_level=env_str(env, "LOG_LEVEL", defaults.log_level).upper(),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise SettingError naming the variable whose value cannot work."""
+        if not 0 < self.port < 65536:
+            raise SettingError(f"MODEL_RUNNER_PORT must be a TCP port, got {self.port}")
+        positive = {
+            "GATEWAY_REQUEST_TIMEOUT": self.request_timeout,
+            "GATEWAY_ASSIGN_TIMEOUT": self.assign_timeout,
+            "GATEWAY_RPC_TIMEOUT": self.rpc_timeout,
+            "GATEWAY_MAX_BODY_BYTES": self.max_body_bytes,
+            "GATEWAY_MAX_RESPONSE_BYTES": self.max_response_bytes,
+            "GATEWAY_RELEASE_TIMEOUT": self.release_timeout,
+            "GATEWAY_WORKER_CHANNELS": self.worker_channels,
+            "GATEWAY_MAX_CONCURRENCY": self.max_concurrency,
+            "GATEWAY_KEEP_ALIVE_TIMEOUT": self.keep_alive_timeout,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise SettingError(f"{name} must be positive, got {value}")
+        non_negative = {
+            "GATEWAY_UNAVAILABLE_RETRIES": self.unavailable_retries,
+            "GATEWAY_RETRY_AFTER": self.retry_after,
+            "GATEWAY_SHUTDOWN_GRACE": self.shutdown_grace,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise SettingError(f"{name} must not be negative, got {value}")
+        if self.log_level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+            raise SettingError(
+                f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )

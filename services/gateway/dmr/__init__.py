@@ -1,0 +1,1 @@
+"""DMR's own REST routes: model management and the /engines endpoints."""

@@ -1,0 +1,17 @@
+"""Wire types of DMR's request bodies (pydantic, at the edge only)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["UnloadRequest"]
+
+
+class UnloadRequest(BaseModel):
+    """`POST /engines/unload`: `{"all": true}` or `{"models": [...]}`; `backend` as DMR sends it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    all: bool = False
+    backend: str = ""
+    models: list[str] = Field(default_factory=list)

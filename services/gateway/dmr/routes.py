@@ -1,0 +1,129 @@
+"""DMR's REST surface: model management (registry) and the /engines endpoints (scheduler)."""
+
+from __future__ import annotations
+
+import orjson
+import pydantic
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from services.gateway import errors
+from services.gateway.bodies import read_body
+from services.gateway.context import GatewayContext
+from services.gateway.dmr.models import UnloadRequest
+from services.gateway.models_view import BACKEND_NAME, dmr_model, placement_status
+from services.gateway.responses import json_response
+
+__all__ = ["build_router"]
+
+_RUNNING = "Docker Model Runner is running"
+_TRUE = {"", "1", "true", "t", "yes"}
+_FALSE = {"0", "false", "f", "no"}
+# Model actions DMR has that this gateway's registry API does not offer (yet).
+_UNSUPPORTED_ACTIONS = {"create", "load", "push", "repackage", "purge"}
+
+
+def _flag(request: Request, name: str) -> bool:
+    """A boolean query parameter; a bare `?force` counts as true."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise errors.InvalidRequest(f"query parameter {name} must be true or false", param=name)
+
+
+def build_router(context: GatewayContext) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return PlainTextResponse(_RUNNING)
+
+    @router.get("/version")
+    async def version() -> Response:
+        return json_response({"version": context.version})
+
+    @router.get("/models")
+    async def list_models() -> Response:
+        with errors.translate_rpc_errors("registry"):
+            models = await context.registry.list_models()
+        return json_response([dmr_model(model) for model in models])
+
+    @router.post("/models/{name:path}/tag", status_code=201)
+    async def tag_model(name: str, request: Request) -> Response:
+        repo = request.query_params.get("repo", "").strip()
+        tag = request.query_params.get("tag", "").strip()
+        if not repo or not tag:
+            raise errors.InvalidRequest("missing repo or tag query parameter")
+        target = f"{repo}:{tag}"
+        with errors.translate_rpc_errors("registry"):
+            await context.registry.tag_model(name, target)
+        return json_response(
+            {"message": f'Model tagged successfully with "{target}"', "target": target},
+            status_code=201,
+        )
+
+    @router.post("/models/{name:path}", include_in_schema=False)
+    async def other_model_action(name: str) -> Response:
+        action = name.rsplit("/", 1)[-1]
+        if action in _UNSUPPORTED_ACTIONS:
+            raise errors.Unimplemented(f"/models/{action} is not supported by this gateway")
+        raise errors.NotFound(f"unknown model action {action!r}")
+
+    @router.get("/models/{name:path}")
+    async def get_model(name: str) -> Response:
+        with errors.translate_rpc_errors("registry"):
+            model = await context.registry.inspect_model(name)
+        return json_response(dmr_model(model))
+
+    @router.delete("/models/{name:path}")
+    async def delete_model(name: str, request: Request) -> Response:
+        force = _flag(request, "force")
+        with errors.translate_rpc_errors("registry", precondition_conflict=True):
+            reply = await context.registry.delete_model(name, force=force)
+        actions = [{"Untagged": tag} for tag in reply.untagged]
+        actions.extend({"Deleted": model_id} for model_id in reply.deleted)
+        return json_response(actions)
+
+    @router.get("/engines/status")
+    async def engines_status() -> Response:
+        return json_response({BACKEND_NAME: f"Running: {BACKEND_NAME}"})
+
+    @router.get("/engines/ps")
+    async def engines_ps() -> Response:
+        with errors.translate_rpc_errors("scheduler"):
+            placements = await context.scheduler.list_placements()
+        return json_response([placement_status(placement) for placement in placements])
+
+    @router.post("/engines/unload")
+    async def engines_unload(request: Request) -> Response:
+        body = await read_body(request, context.settings.max_body_bytes)
+        try:
+            unload = UnloadRequest.model_validate(orjson.loads(body) if body.strip() else {})
+        except orjson.JSONDecodeError as exc:
+            raise errors.InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        except pydantic.ValidationError as exc:
+            raise errors.InvalidRequest(f"invalid unload request: {_first_error(exc)}") from None
+        if unload.backend not in ("", BACKEND_NAME):
+            # Nothing runs on backends this gateway does not have.
+            return json_response({"unloaded_runners": 0})
+        if not unload.all and not unload.models:
+            raise errors.InvalidRequest("give `all: true` or a list of `models` to unload")
+        with errors.translate_rpc_errors("scheduler"):
+            count = await context.scheduler.unload_models(
+                unload_all=unload.all, models=unload.models
+            )
+        return json_response({"unloaded_runners": count})
+
+    return router
+
+
+def _first_error(exc: pydantic.ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"

@@ -1,0 +1,212 @@
+"""Errors the gateway answers with, and the one mapping from gRPC status to HTTP.
+
+Every error leaves the gateway in OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`, with `code` the HTTP status as an integer the
+way llama-server writes its own errors, so a client sees one shape whether the gateway or
+llama-server refused the request.
+
+    GatewayError                 an HTTP error answer; carries status, OpenAI type, headers
+    ├── InvalidRequest           400: malformed JSON, missing `model`, bad parameter
+    ├── NotFound                 404: unknown model, backend or route
+    ├── Conflict                 409: e.g. deleting a model that has several tags
+    ├── Forbidden                403: a browser Origin that is not allowed (CORS)
+    ├── PayloadTooLarge          413: body above GATEWAY_MAX_BODY_BYTES
+    ├── Unimplemented            501: a DMR route this gateway does not offer
+    ├── UpstreamError            502: a worker or llama-server failed
+    ├── ServiceUnavailable       503: no worker, scheduler/registry down, queue full
+    └── UpstreamTimeout          504: a deadline passed (load, generation, management call)
+
+`from_rpc_error` is where a gRPC status becomes one of these. The same status means different
+things at different steps, so the caller says which step failed (`RpcStep`): UNAVAILABLE from
+Assign means nobody can serve the model (503), from Generate that the worker or its llama-server
+failed (502).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import orjson
+
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "GatewayError",
+    "InvalidRequest",
+    "NotFound",
+    "PayloadTooLarge",
+    "RpcStep",
+    "ServiceUnavailable",
+    "Unimplemented",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "error_body",
+    "error_payload",
+    "from_rpc_error",
+    "sse_error_event",
+    "translate_rpc_errors",
+]
+
+_INVALID = "invalid_request_error"
+_NOT_FOUND = "not_found_error"
+_SERVER = "server_error"
+
+
+class GatewayError(Exception):
+    """An error answer: HTTP status, OpenAI error type, message and extra headers."""
+
+    status_code = 500
+    error_type = _SERVER
+
+    def __init__(
+        self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class InvalidRequest(GatewayError):
+    status_code = 400
+    error_type = _INVALID
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    error_type = _NOT_FOUND
+
+
+class Forbidden(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class Conflict(GatewayError):
+    status_code = 409
+    error_type = _INVALID
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    error_type = _INVALID
+
+
+class UpstreamError(GatewayError):
+    status_code = 502
+    error_type = _SERVER
+
+
+class ServiceUnavailable(GatewayError):
+    status_code = 503
+    error_type = _SERVER
+
+
+class UpstreamTimeout(GatewayError):
+    status_code = 504
+    error_type = _SERVER
+
+
+class Unimplemented(GatewayError):
+    status_code = 501
+    error_type = _SERVER
+
+
+class RpcStep(enum.Enum):
+    """Which call failed; decides what UNAVAILABLE and FAILED_PRECONDITION mean."""
+
+    ASSIGN = "assign"
+    GENERATE = "generate"
+    MANAGEMENT = "management"
+
+
+def error_payload(err: GatewayError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": err.message,
+            "type": err.error_type,
+            "param": err.param,
+            "code": err.status_code,
+        }
+    }
+
+
+def error_body(err: GatewayError) -> bytes:
+    return orjson.dumps(error_payload(err))
+
+
+def sse_error_event(err: GatewayError) -> bytes:
+    """The one event sent when a stream fails after its 200 head was already sent."""
+    return b"data: " + error_body(err) + b"\n\n"
+
+
+def _retry_after_header(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+def from_rpc_error(
+    exc: grpc.aio.AioRpcError,
+    step: RpcStep,
+    *,
+    precondition_conflict: bool = False,
+    retry_after: float = 1.0,
+    what: str = "",
+) -> GatewayError:
+    """The HTTP answer for a failed gRPC call.
+
+    `precondition_conflict`: FAILED_PRECONDITION is a 409 (delete of a multi-tag model) instead
+    of a 400. `what` names the peer in messages that would otherwise be vague ("registry").
+    """
+    code = exc.code()
+    details = exc.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(details or "model not found", param="model")
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+        return InvalidRequest(details or "invalid request")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        if precondition_conflict:
+            return Conflict(details or "conflict")
+        return InvalidRequest(details or "request cannot be served in the current state")
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return Conflict(details or "already exists")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ServiceUnavailable(
+            details or "server is busy, retry later", headers=_retry_after_header(retry_after)
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return UpstreamTimeout(details or "request timed out")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return Unimplemented(details or "not implemented")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if step is RpcStep.GENERATE:
+            return UpstreamError(f"worker failed: {details}" if details else "worker failed")
+        if step is RpcStep.ASSIGN:
+            return ServiceUnavailable(details or "no worker can serve this model")
+        peer = what or "backend service"
+        return ServiceUnavailable(
+            f"{peer} unavailable: {details}" if details else f"{peer} unavailable"
+        )
+    # CANCELLED, UNKNOWN, INTERNAL, DATA_LOSS, ...: the peer failed in a way the client cannot fix.
+    return UpstreamError(details or f"upstream call failed ({code.name})")
+
+
+@contextmanager
+def translate_rpc_errors(
+    what: str, *, precondition_conflict: bool = False, retry_after: float = 1.0
+) -> Iterator[None]:
+    """Turn a failed management call to `what` ("registry", "scheduler") into a GatewayError."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(
+            exc,
+            RpcStep.MANAGEMENT,
+            precondition_conflict=precondition_conflict,
+            retry_after=retry_after,
+            what=what,
+        ) from None

@@ -1,0 +1,254 @@
+"""The inference hot path: one HTTP request -> Scheduler.Assign -> Worker.Generate -> HTTP answer.
+
+The client's body is read once, parsed only far enough to learn `model` and `stream`, and
+forwarded unchanged; the worker's chunks are written to the client exactly as they arrive. The
+response head is awaited before the HTTP response starts, so llama-server's status (and any
+failure to get that far) reaches the client as a real HTTP status; only a failure after a 200
+streaming head becomes an SSE error event.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+import orjson
+
+from modelrunner.v1 import common_pb2, scheduler_pb2, worker_pb2
+from services.common.clock import Clock, SystemClock
+from services.gateway import errors
+from services.gateway.clients import SchedulerClient, WorkerChannels, WorkerLease
+from services.gateway.config import GatewaySettings
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "GenerateStream",
+    "Inference",
+    "InferenceRequest",
+    "parse_envelope",
+    "request_id_from",
+]
+
+_log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+# Client-chosen ids end up in logs and headers; longer or odd ones are replaced.
+_MAX_REQUEST_ID_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    request_id: str
+    endpoint: common_pb2.EndpointKind.ValueType
+    model: str
+    stream: bool
+    body: bytes
+
+
+def request_id_from(headers: Mapping[str, str]) -> str:
+    given = headers.get(REQUEST_ID_HEADER)
+    if given and len(given) <= _MAX_REQUEST_ID_LENGTH and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def parse_envelope(body: bytes) -> tuple[str, bool]:
+    """`model` and `stream` from an OpenAI request body; the rest is llama-server's business."""
+    if not body:
+        raise errors.InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise errors.InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise errors.InvalidRequest("request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise errors.InvalidRequest("model is required", param="model")
+    stream = payload.get("stream")
+    if stream is None:
+        stream = False
+    elif not isinstance(stream, bool):
+        raise errors.InvalidRequest("stream must be a boolean", param="stream")
+    return model, stream
+
+
+class GenerateStream:
+    """An open Worker.Generate call whose head has arrived; `close()` exactly once when done."""
+
+    __slots__ = ("_lease", "call", "head")
+
+    def __init__(
+        self,
+        call: grpc.aio.UnaryStreamCall[worker_pb2.GenerateRequest, worker_pb2.GenerateResponse],
+        head: worker_pb2.ResponseHead,
+        lease: WorkerLease,
+    ) -> None:
+        self.call = call
+        self.head = head
+        self._lease = lease
+
+    async def close(self) -> None:
+        # A no-op when the call already finished; otherwise the worker sees the cancellation and
+        # stops llama-server's generation.
+        self.call.cancel()
+        await self._lease.release()
+
+
+class Inference:
+    """Finds a worker for a request and opens the Generate stream, retrying a dead runner once."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        scheduler: SchedulerClient,
+        workers: WorkerChannels,
+        clock: Clock | None = None,
+    ) -> None:
+        self._settings = settings
+        self._scheduler = scheduler
+        self._workers = workers
+        self._clock = clock or SystemClock()
+
+    @property
+    def settings(self) -> GatewaySettings:
+        return self._settings
+
+    async def open(self, request: InferenceRequest) -> GenerateStream:
+        """Assign, then Generate until the response head; raises errors.GatewayError."""
+        deadline = self._clock.monotonic() + self._settings.request_timeout
+        attempts = 1 + self._settings.unavailable_retries
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
+            assignment = await self._assign(request, deadline, last=last)
+            if assignment is None:
+                continue
+            try:
+                return await self._generate(request, assignment, deadline)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and not last:
+                    _log.warning(
+                        "request %s: worker %s unavailable before the response head (%s); "
+                        "retrying with a fresh Assign",
+                        request.request_id,
+                        assignment.worker_id or assignment.worker_address,
+                        exc.details(),
+                    )
+                    continue
+                raise errors.from_rpc_error(
+                    exc, errors.RpcStep.GENERATE, retry_after=self._settings.retry_after
+                ) from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def preload(self, request: InferenceRequest) -> None:
+        """DMR's `X-Preload-Only`: get the model loaded somewhere, then hand the lease back."""
+        deadline = self._clock.monotonic() + self._settings.request_timeout
+        attempts = 1 + self._settings.unavailable_retries
+        for attempt in range(1, attempts + 1):
+            assignment = await self._assign(request, deadline, last=attempt == attempts)
+            if assignment is None:
+                continue
+            try:
+                await self._scheduler.release(
+                    assignment.lease_id,
+                    runner_failed=False,
+                    timeout=self._settings.release_timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                _log.warning(
+                    "releasing preload lease %s failed: %s", assignment.lease_id, exc.details()
+                )
+            return
+
+    async def _assign(
+        self, request: InferenceRequest, deadline: float, *, last: bool
+    ) -> scheduler_pb2.AssignResponse | None:
+        """The scheduler's answer; None when it was UNAVAILABLE and another attempt may follow."""
+        settings = self._settings
+        remaining = deadline - self._clock.monotonic()
+        if remaining <= 0:
+            raise errors.UpstreamTimeout(
+                f"no answer within GATEWAY_REQUEST_TIMEOUT ({settings.request_timeout:g}s)"
+            )
+        try:
+            return await self._scheduler.assign(
+                scheduler_pb2.AssignRequest(
+                    request_id=request.request_id,
+                    model=request.model,
+                    endpoint=request.endpoint,
+                ),
+                timeout=min(settings.assign_timeout, remaining),
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and not last:
+                _log.warning(
+                    "request %s: Assign unavailable (%s); retrying",
+                    request.request_id,
+                    exc.details(),
+                )
+                return None
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and not self._scheduler.reachable():
+                # The scheduler itself is down, not "no worker for this model".
+                raise errors.ServiceUnavailable(f"scheduler unavailable: {exc.details()}") from None
+            raise errors.from_rpc_error(
+                exc, errors.RpcStep.ASSIGN, retry_after=settings.retry_after
+            ) from None
+
+    async def _generate(
+        self,
+        request: InferenceRequest,
+        assignment: scheduler_pb2.AssignResponse,
+        deadline: float,
+    ) -> GenerateStream:
+        lease = await self._workers.acquire(assignment.worker_address)
+        call = lease.stub.Generate(
+            worker_pb2.GenerateRequest(
+                request_id=request.request_id,
+                model_id=assignment.model_id,
+                endpoint=request.endpoint,
+                stream=request.stream,
+                lease_id=assignment.lease_id,
+                body=request.body,
+            ),
+            timeout=max(deadline - self._clock.monotonic(), 0.001),
+        )
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            call.cancel()
+            reachable = lease.reachable()
+            await lease.release()
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and not reachable:
+                await self._worker_unreachable(assignment)
+            raise
+        except BaseException:
+            call.cancel()
+            await lease.release()
+            raise
+        if not isinstance(first, worker_pb2.GenerateResponse) or not first.HasField("head"):
+            call.cancel()
+            await lease.release()
+            raise errors.UpstreamError("worker ended the stream without a response head")
+        return GenerateStream(call, first.head, lease)
+
+    async def _worker_unreachable(self, assignment: scheduler_pb2.AssignResponse) -> None:
+        """The worker never saw the request, so it cannot release the lease: do it for it.
+
+        runner_failed keeps the scheduler from routing the retry to the same dead worker, and a
+        fresh channel avoids gRPC's reconnect backoff if the worker comes back on that address.
+        """
+        await self._workers.discard(assignment.worker_address)
+        try:
+            await self._scheduler.release(
+                assignment.lease_id, runner_failed=True, timeout=self._settings.release_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            _log.warning(
+                "releasing lease %s of unreachable worker %s failed: %s",
+                assignment.lease_id,
+                assignment.worker_address,
+                exc.details(),
+            )

@@ -1,0 +1,223 @@
+"""In-process grpc.aio fakes of the gateway's neighbours: registry, scheduler and worker.
+
+Each records what it was asked and answers from a script the test sets, so a test can make a
+neighbour fail at exactly the step it is about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from modelrunner.v1 import (
+    common_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+from services.common.reference import InvalidReference, parse_reference
+
+MODEL_ID = "sha256:" + "ab" * 32
+
+Script = Callable[
+    [worker_pb2.GenerateRequest, grpc.aio.ServicerContext],
+    AsyncIterator[worker_pb2.GenerateResponse],
+]
+
+
+def head(status: int = 200, content_type: str = "application/json") -> worker_pb2.GenerateResponse:
+    return worker_pb2.GenerateResponse(
+        head=worker_pb2.ResponseHead(status_code=status, content_type=content_type)
+    )
+
+
+def chunk(data: bytes) -> worker_pb2.GenerateResponse:
+    return worker_pb2.GenerateResponse(chunk=data)
+
+
+def answer(status: int, content_type: str, *chunks: bytes) -> Script:
+    """A script that sends a head and the chunks, then ends the stream."""
+
+    async def script(
+        request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        yield head(status, content_type)
+        for data in chunks:
+            yield chunk(data)
+
+    return script
+
+
+def fail(code: grpc.StatusCode, details: str, *before: worker_pb2.GenerateResponse) -> Script:
+    """A script that sends `before`, then aborts with `code`."""
+
+    async def script(
+        request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        for message in before:
+            yield message
+        await context.abort(code, details)
+
+    return script
+
+
+class FakeWorker(worker_pb2_grpc.WorkerServicer):
+    def __init__(self) -> None:
+        self.requests: list[worker_pb2.GenerateRequest] = []
+        self.time_remaining: list[float | None] = []
+        self.scripts: deque[Script] = deque()
+        self.cancelled = asyncio.Event()
+
+    async def Generate(
+        self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        self.requests.append(request)
+        self.time_remaining.append(context.time_remaining())
+        script = (
+            self.scripts.popleft()
+            if self.scripts
+            else answer(200, "application/json", b'{"object":"chat.completion"}')
+        )
+        try:
+            async for message in script(request, context):
+                yield message
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+@dataclass
+class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
+    worker_address: str
+    assign_requests: list[scheduler_pb2.AssignRequest] = field(default_factory=list)
+    assign_time_remaining: list[float | None] = field(default_factory=list)
+    # Consumed one per Assign before any success: (code, details).
+    assign_errors: deque[tuple[grpc.StatusCode, str]] = field(default_factory=deque)
+    # Consumed one per successful Assign; the worker address otherwise.
+    addresses: deque[str] = field(default_factory=deque)
+    releases: list[scheduler_pb2.ReleaseRequest] = field(default_factory=list)
+    placements: list[scheduler_pb2.Placement] = field(default_factory=list)
+    unload_requests: list[scheduler_pb2.UnloadModelsRequest] = field(default_factory=list)
+    unloaded: int = 0
+
+    async def Assign(
+        self, request: scheduler_pb2.AssignRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.AssignResponse:
+        self.assign_requests.append(request)
+        self.assign_time_remaining.append(context.time_remaining())
+        if self.assign_errors:
+            code, details = self.assign_errors.popleft()
+            await context.abort(code, details)
+        address = self.addresses.popleft() if self.addresses else self.worker_address
+        number = len(self.assign_requests)
+        return scheduler_pb2.AssignResponse(
+            lease_id=f"lease-{number}",
+            worker_id="worker-1",
+            worker_address=address,
+            model_id=MODEL_ID,
+            reference="ai/smollm2:latest",
+        )
+
+    async def Release(
+        self, request: scheduler_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ReleaseResponse:
+        self.releases.append(request)
+        return scheduler_pb2.ReleaseResponse()
+
+    async def ListPlacements(
+        self, request: scheduler_pb2.ListPlacementsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListPlacementsResponse:
+        return scheduler_pb2.ListPlacementsResponse(placements=self.placements)
+
+    async def UnloadModels(
+        self, request: scheduler_pb2.UnloadModelsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.UnloadModelsResponse:
+        self.unload_requests.append(request)
+        return scheduler_pb2.UnloadModelsResponse(unloaded_runners=self.unloaded)
+
+
+def smollm2(*tags: str) -> common_pb2.Model:
+    return common_pb2.Model(
+        id=MODEL_ID,
+        tags=list(tags or ("ai/smollm2:latest",)),
+        created=1_700_000_000,
+        config=common_pb2.ModelConfig(
+            format="gguf",
+            quantization="Q4_1",
+            parameters="134.52M",
+            architecture="llama",
+            size="86.94MiB",
+            gguf={"general.architecture": "llama", "llama.context_length": "8192"},
+            context_size=8192,
+        ),
+    )
+
+
+@dataclass
+class FakeRegistry(registry_pb2_grpc.RegistryServicer):
+    models: list[common_pb2.Model] = field(default_factory=list)
+    tag_requests: list[registry_pb2.TagModelRequest] = field(default_factory=list)
+    delete_requests: list[registry_pb2.DeleteModelRequest] = field(default_factory=list)
+
+    def _find(self, reference: str) -> common_pb2.Model | None:
+        try:
+            familiar = parse_reference(reference).familiar
+        except InvalidReference:
+            familiar = reference
+        for model in self.models:
+            if reference in (model.id, model.id.removeprefix("sha256:")[:12]):
+                return model
+            if familiar in model.tags:
+                return model
+            # DMR's partial names: "smollm2" finds "ai/smollm2:latest".
+            if any(tag.rsplit(":", 1)[0].rsplit("/", 1)[-1] == reference for tag in model.tags):
+                return model
+        return None
+
+    async def ListModels(
+        self, request: registry_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListModelsResponse:
+        return registry_pb2.ListModelsResponse(models=self.models)
+
+    async def InspectModel(
+        self, request: registry_pb2.InspectModelRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Model:
+        model = self._find(request.reference)
+        if model is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.reference} not found")
+        assert model is not None
+        return model
+
+    async def TagModel(
+        self, request: registry_pb2.TagModelRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.TagModelResponse:
+        self.tag_requests.append(request)
+        model = self._find(request.source)
+        if model is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.source} not found")
+        assert model is not None
+        model.tags.append(request.target)
+        return registry_pb2.TagModelResponse(target=request.target, model_id=model.id)
+
+    async def DeleteModel(
+        self, request: registry_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeleteModelResponse:
+        self.delete_requests.append(request)
+        model = self._find(request.reference)
+        if model is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.reference} not found")
+        assert model is not None
+        if len(model.tags) > 1 and not request.force:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {request.reference} has several tags; use force to delete",
+            )
+        self.models.remove(model)
+        return registry_pb2.DeleteModelResponse(untagged=list(model.tags), deleted=[model.id])

@@ -1,0 +1,99 @@
+"""The one gRPC status -> HTTP mapping, as a table."""
+
+from __future__ import annotations
+
+import grpc
+import orjson
+import pytest
+
+from services.gateway import errors
+from services.gateway.errors import RpcStep
+
+
+def rpc_error(code: grpc.StatusCode, details: str = "details") -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+@pytest.mark.parametrize(
+    ("code", "step", "status"),
+    [
+        (grpc.StatusCode.NOT_FOUND, RpcStep.ASSIGN, 404),
+        (grpc.StatusCode.NOT_FOUND, RpcStep.MANAGEMENT, 404),
+        (grpc.StatusCode.INVALID_ARGUMENT, RpcStep.ASSIGN, 400),
+        (grpc.StatusCode.INVALID_ARGUMENT, RpcStep.MANAGEMENT, 400),
+        (grpc.StatusCode.FAILED_PRECONDITION, RpcStep.ASSIGN, 400),
+        (grpc.StatusCode.FAILED_PRECONDITION, RpcStep.MANAGEMENT, 400),
+        (grpc.StatusCode.ALREADY_EXISTS, RpcStep.MANAGEMENT, 409),
+        (grpc.StatusCode.UNAVAILABLE, RpcStep.ASSIGN, 503),
+        (grpc.StatusCode.UNAVAILABLE, RpcStep.MANAGEMENT, 503),
+        (grpc.StatusCode.UNAVAILABLE, RpcStep.GENERATE, 502),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, RpcStep.ASSIGN, 504),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, RpcStep.GENERATE, 504),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, RpcStep.ASSIGN, 503),
+        (grpc.StatusCode.UNIMPLEMENTED, RpcStep.MANAGEMENT, 501),
+        (grpc.StatusCode.INTERNAL, RpcStep.GENERATE, 502),
+        (grpc.StatusCode.UNKNOWN, RpcStep.ASSIGN, 502),
+        (grpc.StatusCode.CANCELLED, RpcStep.GENERATE, 502),
+    ],
+)
+def test_status_mapping(code: grpc.StatusCode, step: RpcStep, status: int) -> None:
+    err = errors.from_rpc_error(rpc_error(code, "the reason"), step)
+
+    assert err.status_code == status
+    assert "the reason" in err.message
+    if status >= 500:
+        assert err.error_type == "server_error"
+
+
+def test_failed_precondition_is_a_conflict_where_the_caller_says_so() -> None:
+    err = errors.from_rpc_error(
+        rpc_error(grpc.StatusCode.FAILED_PRECONDITION),
+        RpcStep.MANAGEMENT,
+        precondition_conflict=True,
+    )
+    assert err.status_code == 409
+
+
+@pytest.mark.parametrize(("retry_after", "header"), [(1.0, "1"), (2.5, "3"), (0.0, "1")])
+def test_resource_exhausted_carries_retry_after(retry_after: float, header: str) -> None:
+    err = errors.from_rpc_error(
+        rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED), RpcStep.ASSIGN, retry_after=retry_after
+    )
+    assert err.headers == {"Retry-After": header}
+
+
+def test_not_found_without_details_says_model_not_found() -> None:
+    err = errors.from_rpc_error(rpc_error(grpc.StatusCode.NOT_FOUND, ""), RpcStep.ASSIGN)
+    assert err.message == "model not found"
+
+
+def test_management_unavailable_names_the_peer() -> None:
+    err = errors.from_rpc_error(
+        rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused"),
+        RpcStep.MANAGEMENT,
+        what="registry",
+    )
+    assert err.message == "registry unavailable: connection refused"
+
+
+def test_error_body_and_sse_event_shapes() -> None:
+    err = errors.UpstreamError("llama-server died")
+
+    assert orjson.loads(errors.error_body(err)) == {
+        "error": {
+            "message": "llama-server died",
+            "type": "server_error",
+            "param": None,
+            "code": 502,
+        }
+    }
+    event = errors.sse_error_event(err)
+    assert event.startswith(b"data: ")
+    assert event.endswith(b"\n\n")
+    assert orjson.loads(event[len(b"data: ") :]) == orjson.loads(errors.error_body(err))
+
+
+def test_translate_rpc_errors_raises_gateway_errors() -> None:
+    with pytest.raises(errors.Conflict):
+        with errors.translate_rpc_errors("registry", precondition_conflict=True):
+            raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION)

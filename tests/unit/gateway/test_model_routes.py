@@ -1,0 +1,342 @@
+"""DMR model management, OpenAI model lists and the /engines routes: JSON shapes and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+import pytest
+
+from modelrunner.v1 import common_pb2, scheduler_pb2
+from services.gateway.config import GatewaySettings
+from tests.support.processes import free_port
+from tests.unit.gateway.conftest import Neighbours, asgi_client
+from tests.unit.gateway.fakes import MODEL_ID, smollm2
+from tests.unit.gateway.test_inference import error_of
+
+DMR_SMOLLM2 = {
+    "id": MODEL_ID,
+    "tags": ["ai/smollm2:latest"],
+    "created": 1_700_000_000,
+    "config": {
+        "format": "gguf",
+        "quantization": "Q4_1",
+        "parameters": "134.52M",
+        "architecture": "llama",
+        "size": "86.94MiB",
+        "gguf": {"general.architecture": "llama", "llama.context_length": "8192"},
+        "context_size": 8192,
+    },
+}
+OPENAI_SMOLLM2 = {
+    "id": "ai/smollm2:latest",
+    "object": "model",
+    "created": 1_700_000_000,
+    "owned_by": "docker",
+    "dmr": {
+        "context_window": 8192,
+        "architecture": "llama",
+        "parameters": "134.52M",
+        "quantization": "Q4_1",
+        "size": "86.94MiB",
+    },
+}
+
+
+async def test_root_version_and_status(client: httpx.AsyncClient) -> None:
+    root = await client.get("/")
+    assert root.status_code == 200
+    assert root.text == "Docker Model Runner is running"
+
+    version = await client.get("/version")
+    assert version.status_code == 200
+    assert isinstance(version.json()["version"], str)
+
+    status = await client.get("/engines/status")
+    assert status.json() == {"llama.cpp": "Running: llama.cpp"}
+
+
+async def test_list_models_dmr_shape(client: httpx.AsyncClient) -> None:
+    response = await client.get("/models")
+
+    assert response.status_code == 200
+    assert response.json() == [DMR_SMOLLM2]
+
+
+@pytest.mark.parametrize("name", ["smollm2", "ai/smollm2", "ai/smollm2:latest", MODEL_ID])
+async def test_inspect_model_by_any_name(client: httpx.AsyncClient, name: str) -> None:
+    response = await client.get(f"/models/{name}")
+
+    assert response.status_code == 200
+    assert response.json() == DMR_SMOLLM2
+
+
+async def test_unknown_context_size_is_omitted(
+    client: httpx.AsyncClient, neighbours: Neighbours
+) -> None:
+    model = smollm2("ai/tiny:latest")
+    model.id = "sha256:" + "cd" * 32
+    model.config.context_size = 0
+    neighbours.registry.models.append(model)
+
+    dmr = (await client.get("/models/ai/tiny")).json()
+    openai = (await client.get("/v1/models/ai/tiny")).json()
+
+    assert "context_size" not in dmr["config"]
+    assert "context_window" not in openai["dmr"]
+
+
+async def test_inspect_unknown_model_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/models/ai/nope")
+
+    assert response.status_code == 404
+    assert "not found" in str(error_of(response)["message"])
+
+
+@pytest.mark.parametrize("prefix", ["/engines/llama.cpp/v1", "/engines/v1", "/v1"])
+async def test_openai_model_list_and_single_model(client: httpx.AsyncClient, prefix: str) -> None:
+    listing = await client.get(prefix + "/models")
+    single = await client.get(prefix + "/models/ai/smollm2:latest")
+    missing = await client.get(prefix + "/models/ai/nope")
+
+    assert listing.json() == {"object": "list", "data": [OPENAI_SMOLLM2]}
+    assert single.json() == OPENAI_SMOLLM2
+    assert missing.status_code == 404
+    error_of(missing)
+
+
+async def test_openai_id_falls_back_to_the_model_id_without_tags(
+    client: httpx.AsyncClient, neighbours: Neighbours
+) -> None:
+    neighbours.registry.models[0].ClearField("tags")
+
+    listing = await client.get("/v1/models")
+
+    assert listing.json()["data"][0]["id"] == MODEL_ID
+
+
+async def test_delete_multi_tag_model_needs_force(
+    client: httpx.AsyncClient, neighbours: Neighbours
+) -> None:
+    neighbours.registry.models[0].tags.append("ai/smollm2:135m")
+
+    refused = await client.delete("/models/ai/smollm2")
+    assert refused.status_code == 409
+    assert "several tags" in str(error_of(refused)["message"])
+
+    forced = await client.delete("/models/ai/smollm2", params={"force": "true"})
+    assert forced.status_code == 200
+    assert forced.json() == [
+        {"Untagged": "ai/smollm2:latest"},
+        {"Untagged": "ai/smollm2:135m"},
+        {"Deleted": MODEL_ID},
+    ]
+    assert [request.force for request in neighbours.registry.delete_requests] == [False, True]
+
+
+async def test_bare_force_flag_counts_as_true(
+    client: httpx.AsyncClient, neighbours: Neighbours
+) -> None:
+    await client.delete("/models/smollm2?force")
+
+    assert neighbours.registry.delete_requests[0].force is True
+
+
+async def test_bad_force_flag_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/models/smollm2", params={"force": "maybe"})
+
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "force"
+
+
+async def test_delete_unknown_model_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/models/ai/nope")
+
+    assert response.status_code == 404
+
+
+async def test_tag_model(client: httpx.AsyncClient, neighbours: Neighbours) -> None:
+    response = await client.post("/models/smollm2/tag", params={"repo": "me/smol", "tag": "v2"})
+
+    assert response.status_code == 201
+    assert response.json() == {
+        "message": 'Model tagged successfully with "me/smol:v2"',
+        "target": "me/smol:v2",
+    }
+    [request] = neighbours.registry.tag_requests
+    assert (request.source, request.target) == ("smollm2", "me/smol:v2")
+
+
+async def test_tag_model_with_slashes_in_the_source(
+    client: httpx.AsyncClient, neighbours: Neighbours
+) -> None:
+    response = await client.post(
+        "/models/ai/smollm2:latest/tag", params={"repo": "ai/smollm2", "tag": "v3"}
+    )
+
+    assert response.status_code == 201
+    assert neighbours.registry.tag_requests[0].source == "ai/smollm2:latest"
+
+
+@pytest.mark.parametrize("params", [{"repo": "me/smol"}, {"tag": "v2"}, {}])
+async def test_tag_needs_repo_and_tag(
+    client: httpx.AsyncClient, neighbours: Neighbours, params: dict[str, str]
+) -> None:
+    response = await client.post("/models/smollm2/tag", params=params)
+
+    assert response.status_code == 400
+    assert not neighbours.registry.tag_requests
+
+
+async def test_tag_unknown_model_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/models/nope/tag", params={"repo": "me/x", "tag": "v1"})
+
+    assert response.status_code == 404
+
+
+async def test_unsupported_model_actions_are_501(client: httpx.AsyncClient) -> None:
+    response = await client.post("/models/create", json={"from": "ai/smollm2"})
+
+    assert response.status_code == 501
+    error_of(response)
+
+
+async def test_engines_ps_rows(client: httpx.AsyncClient, neighbours: Neighbours) -> None:
+    neighbours.scheduler.placements = [
+        scheduler_pb2.Placement(
+            worker_id="worker-1",
+            worker_address="10.0.0.2:50053",
+            runner=common_pb2.RunnerInfo(
+                model_id=MODEL_ID,
+                reference="ai/smollm2:latest",
+                state=common_pb2.RUNNER_STATE_READY,
+                in_flight=1,
+            ),
+            in_flight=1,
+            last_used_ms=1_700_000_000_000,
+            expires_ms=1_700_000_300_000,
+        ),
+        scheduler_pb2.Placement(
+            worker_id="worker-2",
+            worker_address="10.0.0.3:50053",
+            runner=common_pb2.RunnerInfo(
+                model_id=MODEL_ID,
+                reference="ai/smollm2:latest",
+                state=common_pb2.RUNNER_STATE_STARTING,
+            ),
+        ),
+    ]
+
+    response = await client.get("/engines/ps")
+
+    assert response.status_code == 200
+    assert response.json() == [
+        {
+            "backend_name": "llama.cpp",
+            "model_name": "ai/smollm2:latest",
+            "mode": "completion",
+            "in_use": True,
+            "loading": False,
+            "last_used": "2023-11-14T22:13:20.000Z",
+            "keep_alive": "5m0s",
+            "worker_id": "worker-1",
+            "worker_address": "10.0.0.2:50053",
+            "model_id": MODEL_ID,
+            "state": "ready",
+            "in_flight": 1,
+            "expires_at": "2023-11-14T22:18:20.000Z",
+        },
+        {
+            "backend_name": "llama.cpp",
+            "model_name": "ai/smollm2:latest",
+            "mode": "completion",
+            "in_use": False,
+            "loading": True,
+            "keep_alive": "-1",
+            "worker_id": "worker-2",
+            "worker_address": "10.0.0.3:50053",
+            "model_id": MODEL_ID,
+            "state": "starting",
+            "in_flight": 0,
+            "expires_at": None,
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "unload_all", "models"),
+    [
+        ({"all": True}, True, []),
+        ({"models": ["ai/smollm2"], "backend": "llama.cpp"}, False, ["ai/smollm2"]),
+    ],
+)
+async def test_engines_unload(
+    client: httpx.AsyncClient,
+    neighbours: Neighbours,
+    body: dict[str, object],
+    unload_all: bool,
+    models: list[str],
+) -> None:
+    neighbours.scheduler.unloaded = 2
+
+    response = await client.post("/engines/unload", json=body)
+
+    assert response.status_code == 200
+    assert response.json() == {"unloaded_runners": 2}
+    [request] = neighbours.scheduler.unload_requests
+    assert request.all is unload_all
+    assert list(request.models) == models
+
+
+@pytest.mark.parametrize(
+    "body", [b"{}", b"", b'{"all": "sometimes"}', b'{"models": "smollm2"}', b"{oops"]
+)
+async def test_bad_unload_requests_are_400(
+    client: httpx.AsyncClient, neighbours: Neighbours, body: bytes
+) -> None:
+    response = await client.post("/engines/unload", content=body)
+
+    assert response.status_code == 400
+    error_of(response)
+    assert not neighbours.scheduler.unload_requests
+
+
+async def test_unload_on_another_backend_unloads_nothing(
+    client: httpx.AsyncClient, neighbours: Neighbours
+) -> None:
+    response = await client.post("/engines/unload", json={"all": True, "backend": "vllm"})
+
+    assert response.json() == {"unloaded_runners": 0}
+    assert not neighbours.scheduler.unload_requests
+
+
+async def test_registry_down_is_503(settings: GatewaySettings) -> None:
+    down = f"127.0.0.1:{free_port()}"
+    async with asgi_client(dataclasses.replace(settings, registry_address=down)) as client:
+        response = await client.get("/models")
+
+    assert response.status_code == 503
+    assert "registry unavailable" in str(error_of(response)["message"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/v1/chat/completions", 405), ("GET", "/no/such/route", 404)],
+)
+async def test_framework_errors_use_the_openai_shape(
+    client: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    response = await client.request(method, path)
+
+    assert response.status_code == status
+    error_of(response)
+
+
+async def test_unload_body_over_the_limit_is_413(
+    client: httpx.AsyncClient, settings: GatewaySettings
+) -> None:
+    models = ["m" * 100] * (settings.max_body_bytes // 100)
+
+    response = await client.post("/engines/unload", json={"models": models})
+
+    assert response.status_code == 413
