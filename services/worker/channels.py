@@ -1,0 +1,25 @@
+"""Client channels to the control plane (scheduler, registry)."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.common.grpc_server import channel_options
+
+__all__ = ["open_control_channel"]
+
+
+def open_control_channel(address: str, max_reconnect_backoff: float) -> grpc.aio.Channel:
+    """The shared channel options plus a capped reconnect backoff.
+
+    gRPC's default reconnect backoff grows to 120 s, so a worker would take up to two minutes
+    to notice that a restarted scheduler is back; capping it matches WORKER_RETRY_MAX_BACKOFF.
+    """
+    backoff_ms = max(100, int(max_reconnect_backoff * 1000))
+    options: list[tuple[str, int]] = [
+        *channel_options(),
+        ("grpc.initial_reconnect_backoff_ms", min(1000, backoff_ms)),
+        ("grpc.min_reconnect_backoff_ms", min(1000, backoff_ms)),
+        ("grpc.max_reconnect_backoff_ms", backoff_ms),
+    ]
+    return grpc.aio.insecure_channel(address, options=options)
