@@ -68,6 +68,7 @@ async def _serve(settings: WorkerSettings) -> None:
             runtime_dir=settings.runtime_dir,
             name_prefix=str(os.getpid()),
             llama_args=settings.llama_args,
+            llama_threads=settings.llama_threads,
             max_runners=settings.max_runners,
             drain_timeout=settings.drain_timeout,
             runner_timeouts=RunnerTimeouts(

@@ -57,6 +57,8 @@ class PoolSettings:
     drain_timeout: float
     runner_timeouts: RunnerTimeouts
     client_limits: ClientLimits
+    # --threads for llama-server; 0 leaves llama.cpp's default.
+    llama_threads: int = 0
 
 
 class RunnerPool:
@@ -195,6 +197,7 @@ class RunnerPool:
             socket_path=runner.socket_path,
             context_size=runner.snapshot().context_size,
             chat_template_path=template,
+            threads=self._settings.llama_threads,
             extra_args=self._settings.llama_args,
         )
         return [str(self._settings.binary), *build_args(spec)]

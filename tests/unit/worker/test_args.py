@@ -44,6 +44,16 @@ BASE = [
             id="llama-args-last-so-they-win",
         ),
         pytest.param(
+            LaunchSpec(MODEL, SOCK, threads=1),
+            [*BASE, "--threads", "1"],
+            id="threads",
+        ),
+        pytest.param(
+            LaunchSpec(MODEL, SOCK, threads=1, extra_args=("--threads", "4")),
+            [*BASE, "--threads", "1", "--threads", "4"],
+            id="llama-args-threads-come-later-and-win",
+        ),
+        pytest.param(
             LaunchSpec(MODEL, SOCK, extra_args=("--ctx-size", "512")),
             [*BASE, "--ctx-size", "512"],
             id="llama-args-may-set-ctx-size",
