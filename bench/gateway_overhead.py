@@ -151,8 +151,9 @@ async def main() -> None:
             "MODEL_RUNNER_LOG_DIR": f"{tmp}/logs",
             "LOG_LEVEL": "WARNING",
         }
-        async with LocalStack(StackSettings.from_env(environ), environ) as stack:
-            await stack.ensure_model(args.gguf.resolve(), MODEL)
+        async with LocalStack(
+            StackSettings.from_env(environ), environ, args.gguf.resolve()
+        ) as stack:
             limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
             timeout = httpx.Timeout(120.0)
             gateway_url = stack.gateway_url + "/engines/llama.cpp/v1/chat/completions"

@@ -19,19 +19,22 @@ _log = logging.getLogger("services.stack")
 
 
 async def _run(settings: StackSettings, gguf: Path | None) -> int:
-    stack = LocalStack(settings, os.environ)
+    stack = LocalStack(settings, os.environ, gguf)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.ensure_future(stack.start())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await stack.start()
-    except StackError as exc:
-        _log.error("%s", exc)
-        return 1
-    try:
-        if gguf is not None and await stack.ensure_model(gguf, settings.bundled_model):
-            _log.info("packaged %s into %s", settings.bundled_model, settings.models_path)
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            # Ctrl-C while starting: stop() below also stops what has started so far.
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return 130
+        starting.result()
         _log.info(
             "Model Runner is up: %s  (logs in %s; Ctrl-C stops)",
             stack.gateway_url,
@@ -44,21 +47,19 @@ async def _run(settings: StackSettings, gguf: Path | None) -> int:
             settings.bundled_model,
         )
         exited = asyncio.ensure_future(stack.wait_any_exit())
-        stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        for future in (exited, stopping):
-            future.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await future
+        exited.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await exited
         if exited in done:
-            service = exited.result()
-            _log.error("%s", service.exit_reason())
+            _log.error("%s", exited.result().exit_reason())
             return 1
         return 0
     except StackError as exc:
         _log.error("%s", exc)
         return 1
     finally:
+        stopping.cancel()
         _log.info("stopping")
         await stack.stop()
 

@@ -33,8 +33,16 @@ class StackError(RuntimeError):
 
 
 class LocalStack:
-    def __init__(self, settings: StackSettings, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        settings: StackSettings,
+        environ: Mapping[str, str],
+        bundled_gguf: Path | None = None,
+    ) -> None:
+        """`bundled_gguf` (an absolute path) is packaged as `settings.bundled_model` on start
+        unless the store already has that tag."""
         self.settings = settings
+        self._bundled_gguf = bundled_gguf
         base = dict(environ)
         s = settings
         logs = s.log_dir
@@ -93,22 +101,36 @@ class LocalStack:
         return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
 
     async def start(self) -> None:
-        """Start every service and wait until each is ready; on failure stop what started."""
+        """Start every service and wait until each is ready; on failure stop what started.
+
+        Registry, scheduler and worker start together (the worker retries its registration until
+        the scheduler answers); the bundled model is packaged before the gateway opens, so the
+        first request a user sends already finds it.
+        """
+        backends = (
+            (self.registry, self.settings.registry_address),
+            (self.scheduler, self.settings.scheduler_address),
+            (self.worker, self.settings.worker_address),
+        )
         try:
-            for service, address in (
-                (self.registry, self.settings.registry_address),
-                (self.scheduler, self.settings.scheduler_address),
-                (self.worker, self.settings.worker_address),
-            ):
+            for service, _ in backends:
                 await service.start()
-                await wait_until_serving(
-                    address, timeout=self.settings.ready_timeout, gone=service.exit_reason
+            await asyncio.gather(
+                *(
+                    wait_until_serving(
+                        address, timeout=self.settings.ready_timeout, gone=service.exit_reason
+                    )
+                    for service, address in backends
                 )
+            )
+            for service, address in backends:
                 _log.info("%s ready on %s (pid %s)", service.name, address, service.pid)
+            if self._bundled_gguf is not None:
+                await self.ensure_model(self._bundled_gguf, self.settings.bundled_model)
             await self.gateway.start()
             await self._wait_gateway()
             _log.info("gateway ready on %s (pid %s)", self.gateway_url, self.gateway.pid)
-        except NotServing as exc:
+        except (NotServing, StackError) as exc:
             await self.stop()
             raise StackError(str(exc)) from exc
 
@@ -143,7 +165,7 @@ class LocalStack:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.NOT_FOUND:
                     raise StackError(f"registry: {exc.details()}") from exc
-            _log.info("packaging %s as %s", gguf, reference)
+            _log.info("packaging %s as %s (first run only)", gguf, reference)
             try:
                 await registry.Package(
                     registry_pb2.PackageRequest(gguf_path=str(gguf), tag=reference),

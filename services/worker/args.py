@@ -29,6 +29,9 @@ class LaunchSpec:
     # 0: llama-server's default (the model's training context).
     context_size: int = 0
     chat_template_path: Path | None = None
+    # The name llama-server reports as `model` in answers and /v1/models; without it, the
+    # cache path of the blob leaks to clients.
+    alias: str = ""
     # 0: llama.cpp's default (every core).
     threads: int = 0
     extra_args: Sequence[str] = ()
@@ -56,6 +59,8 @@ def build_args(spec: LaunchSpec) -> list[str]:
         args += ["--ctx-size", str(spec.context_size)]
     if spec.chat_template_path is not None:
         args += ["--chat-template-file", str(spec.chat_template_path)]
+    if spec.alias:
+        args += ["--alias", spec.alias]
     if spec.threads > 0:
         args += ["--threads", str(spec.threads)]
     args += list(spec.extra_args)

@@ -197,6 +197,7 @@ class RunnerPool:
             socket_path=runner.socket_path,
             context_size=runner.snapshot().context_size,
             chat_template_path=template,
+            alias=runner.reference,
             threads=self._settings.llama_threads,
             extra_args=self._settings.llama_args,
         )

@@ -29,7 +29,7 @@ def gguf_path() -> Path:
     )
     if not path.is_file():
         pytest.fail(f"SmolLM2 GGUF not found at {path}: run `make model` (make test does)")
-    return path
+    return path.resolve()
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +61,9 @@ def stack_factory(
             "LOG_LEVEL": "INFO",
             **(env or {}),
         }
-        stack = LocalStack(StackSettings.from_env(environ), environ)
-        async with stack:
-            await stack.ensure_model(gguf_path, BUNDLED_MODEL)
+        settings = StackSettings.from_env(environ)
+        assert settings.bundled_model == BUNDLED_MODEL
+        async with LocalStack(settings, environ, gguf_path) as stack:
             yield stack
 
     return start

@@ -100,6 +100,10 @@ async def test_model_management_routes(stack: LocalStack) -> None:
             assert inspected.json()["id"] == model["id"]
         assert (await http.get("/models/ai/unknown")).status_code == 404
 
+        cached = await http.post("/models/create", json={"from": "ai/smollm2"})
+        assert cached.status_code == 200, cached.text
+        assert cached.json()["type"] == "success"
+
         tagged = await http.post("/models/ai/smollm2/tag", params={"repo": "ai/copy", "tag": "v1"})
         assert tagged.status_code == 201, tagged.text
         refused = await http.delete(f"/models/{model['id']}")

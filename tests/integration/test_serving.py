@@ -65,6 +65,8 @@ async def test_chat_non_streaming_is_deterministic(stack: LocalStack) -> None:
     assert replies[0].usage is not None
     assert replies[0].usage.completion_tokens > 0
     assert replies[0].object == "chat.completion"
+    # The worker names the model after its reference, not its cache path.
+    assert replies[0].model == "ai/smollm2:latest"
 
 
 async def test_chat_streaming_passes_chunks_through(stack: LocalStack) -> None:

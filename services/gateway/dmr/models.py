@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["UnloadRequest"]
+__all__ = ["CreateRequest", "UnloadRequest"]
 
 
 class UnloadRequest(BaseModel):
@@ -15,3 +15,12 @@ class UnloadRequest(BaseModel):
     all: bool = False
     backend: str = ""
     models: list[str] = Field(default_factory=list)
+
+
+class CreateRequest(BaseModel):
+    """`POST /models/create`: `{"from": "ai/smollm2", "bearer-token": "..."}`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    source: str = Field(alias="from", min_length=1)
+    bearer_token: str = Field(default="", alias="bearer-token")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import orjson
 import pydantic
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from services.common.reference import InvalidReference, parse_reference
 from services.gateway import errors
 from services.gateway.bodies import read_body
 from services.gateway.context import GatewayContext
-from services.gateway.dmr.models import UnloadRequest
+from services.gateway.dmr.models import CreateRequest, UnloadRequest
 from services.gateway.models_view import BACKEND_NAME, dmr_model, placement_status
 from services.gateway.responses import json_response
 
@@ -21,7 +24,7 @@ _RUNNING = "Docker Model Runner is running"
 _TRUE = {"", "1", "true", "t", "yes"}
 _FALSE = {"0", "false", "f", "no"}
 # Model actions DMR has that this gateway's registry API does not offer (yet).
-_UNSUPPORTED_ACTIONS = {"create", "load", "push", "repackage", "purge"}
+_UNSUPPORTED_ACTIONS = {"load", "push", "repackage", "purge"}
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -53,6 +56,31 @@ def build_router(context: GatewayContext) -> APIRouter:
         with errors.translate_rpc_errors("registry"):
             models = await context.registry.list_models()
         return json_response([dmr_model(model) for model in models])
+
+    @router.post("/models/create")
+    async def create_model(request: Request) -> Response:
+        """DMR's pull. A model already in the store answers like DMR's cache hit; pulling from a
+        remote registry is not available yet, which is said with 501 before anything streams."""
+        body = await read_body(request, context.settings.max_body_bytes)
+        try:
+            create = CreateRequest.model_validate(orjson.loads(body))
+            wanted = parse_reference(create.source).familiar
+        except orjson.JSONDecodeError as exc:
+            raise errors.InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        except pydantic.ValidationError as exc:
+            raise errors.InvalidRequest(f"invalid create request: {_first_error(exc)}") from None
+        except InvalidReference as exc:
+            raise errors.InvalidRequest(f"Invalid model reference: {exc}", param="from") from None
+        model = None
+        with contextlib.suppress(errors.NotFound), errors.translate_rpc_errors("registry"):
+            model = await context.registry.inspect_model(wanted)
+        if model is None or wanted not in model.tags:
+            raise errors.Unimplemented(
+                f"{wanted} is not in the local store and pulling from remote registries is not "
+                "available yet; package a GGUF file into the store instead"
+            )
+        line = {"type": "success", "message": f"Using cached model: {model.config.size}"}
+        return Response(orjson.dumps(line) + b"\n", media_type="application/json")
 
     @router.post("/models/{name:path}/tag", status_code=201)
     async def tag_model(name: str, request: Request) -> Response:

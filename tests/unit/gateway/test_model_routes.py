@@ -195,9 +195,46 @@ async def test_tag_unknown_model_is_404(client: httpx.AsyncClient) -> None:
 
 
 async def test_unsupported_model_actions_are_501(client: httpx.AsyncClient) -> None:
-    response = await client.post("/models/create", json={"from": "ai/smollm2"})
+    response = await client.post("/models/ai/smollm2/push")
 
     assert response.status_code == 501
+    error_of(response)
+
+
+@pytest.mark.parametrize("source", ["ai/smollm2", "smollm2", "ai/smollm2:latest"])
+async def test_create_of_a_stored_model_is_a_cache_hit(
+    client: httpx.AsyncClient, source: str
+) -> None:
+    response = await client.post("/models/create", json={"from": source})
+
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert len(lines) == 1
+    assert httpx.Response(200, content=lines[0]).json() == {
+        "type": "success",
+        "message": "Using cached model: 86.94MiB",
+    }
+
+
+async def test_create_of_a_missing_model_says_pull_is_unavailable(
+    client: httpx.AsyncClient,
+) -> None:
+    # "other/smollm2" partially matches nothing stored under that exact tag.
+    response = await client.post("/models/create", json={"from": "other/smollm2"})
+
+    assert response.status_code == 501
+    assert "not in the local store" in str(error_of(response)["message"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{bad", b"{}", b'{"from": ""}', b'{"from": 3}', b'{"from": "Bad/Name"}'],
+    ids=["malformed", "missing", "empty", "not-string", "bad-reference"],
+)
+async def test_create_rejects_bad_bodies(client: httpx.AsyncClient, body: bytes) -> None:
+    response = await client.post("/models/create", content=body)
+
+    assert response.status_code == 400
     error_of(response)
 
 

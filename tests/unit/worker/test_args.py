@@ -44,6 +44,11 @@ BASE = [
             id="llama-args-last-so-they-win",
         ),
         pytest.param(
+            LaunchSpec(MODEL, SOCK, alias="ai/smollm2:latest"),
+            [*BASE, "--alias", "ai/smollm2:latest"],
+            id="alias",
+        ),
+        pytest.param(
             LaunchSpec(MODEL, SOCK, threads=1),
             [*BASE, "--threads", "1"],
             id="threads",
