@@ -12,6 +12,7 @@ from services.common.logs import configure_logging
 from services.scheduler.app import SchedulerApp
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.resolver import GrpcModelResolver
+from services.scheduler.resolver_cache import CachingModelResolver
 from services.scheduler.server import SERVICE_NAME, SchedulerServicer
 from services.scheduler.workers import GrpcWorkerClient
 
@@ -19,12 +20,14 @@ __all__ = ["main"]
 
 
 async def serve(settings: SchedulerSettings) -> None:
-    app = SchedulerApp(
-        settings,
-        resolver=GrpcModelResolver(settings.registry_address),
-        workers=GrpcWorkerClient(),
-        clock=SystemClock(),
+    clock = SystemClock()
+    resolver = CachingModelResolver(
+        GrpcModelResolver(settings.registry_address),
+        ttl=settings.resolve_cache_ttl,
+        max_entries=settings.resolve_cache_entries,
+        clock=clock,
     )
+    app = SchedulerApp(settings, resolver=resolver, workers=GrpcWorkerClient(), clock=clock)
     server = GrpcServer(settings.listen_address, [SERVICE_NAME])
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(
         SchedulerServicer(app.control, settings), server.server

@@ -27,6 +27,9 @@ class SchedulerSettings:
     max_waiting_per_model: int = 64
     max_leases: int = 65_536
     rpc_timeout: float = 10.0
+    # 0 disables the cache: every Assign asks the registry.
+    resolve_cache_ttl: float = 2.0
+    resolve_cache_entries: int = 1024
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
 
@@ -49,6 +52,12 @@ class SchedulerSettings:
             ),
             max_leases=env_int(env, "SCHEDULER_MAX_LEASES", cls.max_leases),
             rpc_timeout=env_duration(env, "SCHEDULER_RPC_TIMEOUT", cls.rpc_timeout),
+            resolve_cache_ttl=env_duration(
+                env, "SCHEDULER_RESOLVE_CACHE_TTL", cls.resolve_cache_ttl
+            ),
+            resolve_cache_entries=env_int(
+                env, "SCHEDULER_RESOLVE_CACHE_ENTRIES", cls.resolve_cache_entries
+            ),
             shutdown_grace=env_duration(env, "SCHEDULER_SHUTDOWN_GRACE", cls.shutdown_grace),
             log_level=env_str(env, "LOG_LEVEL", cls.log_level),
         )
@@ -64,10 +73,15 @@ class SchedulerSettings:
             "SCHEDULER_RPC_TIMEOUT": self.rpc_timeout,
             "SCHEDULER_MAX_WAITING_PER_MODEL": self.max_waiting_per_model,
             "SCHEDULER_MAX_LEASES": self.max_leases,
+            "SCHEDULER_RESOLVE_CACHE_ENTRIES": self.resolve_cache_entries,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise SettingError(f"{name} must be positive, got {value}")
+        if self.resolve_cache_ttl < 0:
+            raise SettingError(
+                f"SCHEDULER_RESOLVE_CACHE_TTL must not be negative: {self.resolve_cache_ttl}"
+            )
         if self.shutdown_grace < 0:
             raise SettingError(
                 f"SCHEDULER_SHUTDOWN_GRACE must not be negative: {self.shutdown_grace}"

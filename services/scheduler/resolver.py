@@ -1,7 +1,7 @@
 """Model resolution: the client's model string -> the registry's Model, on every Assign.
 
-Nothing is cached: a tag may move to another manifest at any time, and asking the local registry
-is one cheap unary call.
+This module asks the registry every time; resolver_cache.py keeps answers for a couple of
+seconds in front of it, because the call sits on the path to the first token.
 """
 
 from __future__ import annotations
