@@ -231,3 +231,67 @@ class ListRunnersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRunnersResponse: _TypeAlias = ListRunnersResponse  # noqa: Y015
+
+@_typing.final
+class ScrapeMetricsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScrapeMetricsRequest: _TypeAlias = ScrapeMetricsRequest  # noqa: Y015
+
+@_typing.final
+class RunnerMetrics(_message.Message):
+    """One runner's metrics exactly as its llama-server wrote them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    reference: _builtins.str
+    """The reference the runner was loaded under, e.g. "ai/smollm2:latest"."""
+    text: _builtins.str
+    """Prometheus text exposition format 0.0.4."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "reference", b"reference", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunnerMetrics: _TypeAlias = RunnerMetrics  # noqa: Y015
+
+@_typing.final
+class ScrapeMetricsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNNERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runners(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunnerMetrics]: ...
+    def __init__(
+        self,
+        *,
+        runners: _abc.Iterable[Global___RunnerMetrics] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runners", b"runners"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScrapeMetricsResponse: _TypeAlias = ScrapeMetricsResponse  # noqa: Y015

@@ -54,6 +54,11 @@ class WorkerStub:
                 request_serializer=modelrunner_dot_v1_dot_worker__pb2.ListRunnersRequest.SerializeToString,
                 response_deserializer=modelrunner_dot_v1_dot_worker__pb2.ListRunnersResponse.FromString,
                 _registered_method=True)
+        self.ScrapeMetrics = channel.unary_unary(
+                '/modelrunner.v1.Worker/ScrapeMetrics',
+                request_serializer=modelrunner_dot_v1_dot_worker__pb2.ScrapeMetricsRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_worker__pb2.ScrapeMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -85,6 +90,14 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScrapeMetrics(self, request, context):
+        """llama-server's Prometheus metrics (GET /metrics) from every READY runner, fetched
+        concurrently; a runner that does not answer within WORKER_METRICS_TIMEOUT is left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +120,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.ListRunners,
                     request_deserializer=modelrunner_dot_v1_dot_worker__pb2.ListRunnersRequest.FromString,
                     response_serializer=modelrunner_dot_v1_dot_worker__pb2.ListRunnersResponse.SerializeToString,
+            ),
+            'ScrapeMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScrapeMetrics,
+                    request_deserializer=modelrunner_dot_v1_dot_worker__pb2.ScrapeMetricsRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_worker__pb2.ScrapeMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +235,33 @@ class Worker:
             '/modelrunner.v1.Worker/ListRunners',
             modelrunner_dot_v1_dot_worker__pb2.ListRunnersRequest.SerializeToString,
             modelrunner_dot_v1_dot_worker__pb2.ListRunnersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScrapeMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.Worker/ScrapeMetrics',
+            modelrunner_dot_v1_dot_worker__pb2.ScrapeMetricsRequest.SerializeToString,
+            modelrunner_dot_v1_dot_worker__pb2.ScrapeMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

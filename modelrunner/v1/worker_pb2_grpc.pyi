@@ -37,6 +37,10 @@ class WorkerStub:
     Generate: _grpc.UnaryStreamMultiCallable[_worker_pb2.GenerateRequest, _worker_pb2.GenerateResponse]
     """Forward one request body to llama-server and stream the answer back as it arrives."""
     ListRunners: _grpc.UnaryUnaryMultiCallable[_worker_pb2.ListRunnersRequest, _worker_pb2.ListRunnersResponse]
+    ScrapeMetrics: _grpc.UnaryUnaryMultiCallable[_worker_pb2.ScrapeMetricsRequest, _worker_pb2.ScrapeMetricsResponse]
+    """llama-server's Prometheus metrics (GET /metrics) from every READY runner, fetched
+    concurrently; a runner that does not answer within WORKER_METRICS_TIMEOUT is left out.
+    """
 
 @_typing.type_check_only
 class WorkerAsyncStub(WorkerStub):
@@ -47,6 +51,10 @@ class WorkerAsyncStub(WorkerStub):
     Generate: _aio.UnaryStreamMultiCallable[_worker_pb2.GenerateRequest, _worker_pb2.GenerateResponse]  # type: ignore[assignment]
     """Forward one request body to llama-server and stream the answer back as it arrives."""
     ListRunners: _aio.UnaryUnaryMultiCallable[_worker_pb2.ListRunnersRequest, _worker_pb2.ListRunnersResponse]  # type: ignore[assignment]
+    ScrapeMetrics: _aio.UnaryUnaryMultiCallable[_worker_pb2.ScrapeMetricsRequest, _worker_pb2.ScrapeMetricsResponse]  # type: ignore[assignment]
+    """llama-server's Prometheus metrics (GET /metrics) from every READY runner, fetched
+    concurrently; a runner that does not answer within WORKER_METRICS_TIMEOUT is left out.
+    """
 
 class WorkerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -78,5 +86,15 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_pb2.ListRunnersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_worker_pb2.ListRunnersResponse, _abc.Awaitable[_worker_pb2.ListRunnersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ScrapeMetrics(
+        self,
+        request: _worker_pb2.ScrapeMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.ScrapeMetricsResponse, _abc.Awaitable[_worker_pb2.ScrapeMetricsResponse]]:
+        """llama-server's Prometheus metrics (GET /metrics) from every READY runner, fetched
+        concurrently; a runner that does not answer within WORKER_METRICS_TIMEOUT is left out.
+        """
 
 def add_WorkerServicer_to_server(servicer: WorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

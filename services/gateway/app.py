@@ -21,6 +21,7 @@ from services.gateway.context import GatewayContext
 from services.gateway.cors import CorsGuard, OriginPolicy
 from services.gateway.dmr import routes as dmr_routes
 from services.gateway.inference import REQUEST_ID_HEADER
+from services.gateway.metrics import routes as metrics_routes
 from services.gateway.openai import routes as openai_routes
 from services.gateway.responses import error_response
 
@@ -63,6 +64,8 @@ def create_app(
     )
     app.include_router(openai_routes.build_router(context))
     app.include_router(dmr_routes.build_router(context))
+    if settings.metrics_enabled:
+        app.include_router(metrics_routes.build_router(context))
     _install_error_handlers(app)
     app.add_middleware(CorsGuard, policy=OriginPolicy(settings.cors_origins))
     return app

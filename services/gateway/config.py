@@ -43,6 +43,11 @@ class GatewaySettings:
     # On SIGTERM: how long in-flight responses may finish before they are cut.
     shutdown_grace: float = 30.0
     access_log: bool = True
+    # DISABLE_METRICS: no `GET /metrics` route at all (404), as in DMR.
+    metrics_enabled: bool = True
+    # One worker's ScrapeMetrics call for `GET /metrics`; above WORKER_METRICS_TIMEOUT so a worker
+    # can still answer for its other runners when one of them stalls.
+    metrics_timeout: float = 10.0
     # Extra allowed CORS origins (DMR_ORIGINS); loopback origins are always allowed, "*" allows all.
     cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
@@ -74,6 +79,8 @@ class GatewaySettings:
             ),
             shutdown_grace=env_duration(env, "GATEWAY_SHUTDOWN_GRACE", defaults.shutdown_grace),
             access_log=env_bool(env, "GATEWAY_ACCESS_LOG", defaults.access_log),
+            metrics_enabled=not env_bool(env, "DISABLE_METRICS", not defaults.metrics_enabled),
+            metrics_timeout=env_duration(env, "GATEWAY_METRICS_TIMEOUT", defaults.metrics_timeout),
             cors_origins=tuple(
                 origin.strip() for origin in env.get("DMR_ORIGINS", "").split(",") if origin.strip()
             ),
@@ -96,6 +103,7 @@ class GatewaySettings:
             "GATEWAY_WORKER_CHANNELS": self.worker_channels,
             "GATEWAY_MAX_CONCURRENCY": self.max_concurrency,
             "GATEWAY_KEEP_ALIVE_TIMEOUT": self.keep_alive_timeout,
+            "GATEWAY_METRICS_TIMEOUT": self.metrics_timeout,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -85,5 +85,9 @@ class GatewayContext:
         return self._started.scheduler
 
     @property
+    def workers(self) -> WorkerChannels:
+        return self._started.workers
+
+    @property
     def inference(self) -> Inference:
         return self._started.inference

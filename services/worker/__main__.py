@@ -19,6 +19,7 @@ from services.worker.hardware import MemoryGauge, detect_accelerator
 from services.worker.leases import LeaseReleaser
 from services.worker.llama_client import ClientLimits
 from services.worker.membership import Membership, MembershipTimings, WorkerIdentity
+from services.worker.metrics import MetricsLimits, MetricsScraper
 from services.worker.pool import PoolSettings, RunnerPool
 from services.worker.runner import RunnerTimeouts
 from services.worker.runtime_dir import prepare_runtime_dir
@@ -101,8 +102,12 @@ async def _serve(settings: WorkerSettings) -> None:
         changed=changed,
     )
     server = _WorkerGrpcServer(settings.listen_address)
+    metrics = MetricsScraper(
+        pool, MetricsLimits(timeout=settings.metrics_timeout, max_bytes=settings.metrics_max_bytes)
+    )
     worker_pb2_grpc.add_WorkerServicer_to_server(
-        WorkerServicer(pool, LeaseReleaser(scheduler, settings.rpc_timeout)), server.server
+        WorkerServicer(pool, LeaseReleaser(scheduler, settings.rpc_timeout), metrics),
+        server.server,
     )
 
     async def register_when_serving() -> None:

@@ -111,6 +111,10 @@ class WorkerSettings:
     blob_idle_timeout: float = 60.0
     blob_fetch_timeout: float = 3600.0
     runner_log_max_bytes: int = 16 * 1024 * 1024
+    # ScrapeMetrics: the whole GET /metrics of one runner; a slower runner is left out.
+    metrics_timeout: float = 5.0
+    # ScrapeMetrics: one runner's metrics text; a larger answer is left out.
+    metrics_max_bytes: int = 1024 * 1024
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
 
@@ -171,6 +175,8 @@ class WorkerSettings:
             blob_idle_timeout=duration("WORKER_BLOB_IDLE_TIMEOUT", cls.blob_idle_timeout),
             blob_fetch_timeout=duration("WORKER_BLOB_FETCH_TIMEOUT", cls.blob_fetch_timeout),
             runner_log_max_bytes=count("WORKER_RUNNER_LOG_MAX_BYTES", cls.runner_log_max_bytes),
+            metrics_timeout=duration("WORKER_METRICS_TIMEOUT", cls.metrics_timeout),
+            metrics_max_bytes=count("WORKER_METRICS_MAX_BYTES", cls.metrics_max_bytes),
             shutdown_grace=duration("WORKER_SHUTDOWN_GRACE", cls.shutdown_grace),
             log_level=env_str(env, "LOG_LEVEL", cls.log_level),
         )

@@ -1,4 +1,4 @@
-"""HTTP to one llama-server over its Unix socket: health checks and forwarded requests.
+"""HTTP to one llama-server over its Unix socket: health checks, metrics and forwarded requests.
 
 The forwarding path is the hot path: bytes in, bytes out (`aiter_raw`), no parsing, no logging
 per chunk. Every call has explicit timeouts and the connection pool is bounded (the vLLM router's
@@ -118,6 +118,35 @@ class LlamaClient:
         except httpx.HTTPError:
             return None
         return response.status_code
+
+    async def metrics(self, *, timeout: float, max_bytes: int) -> str:
+        """GET /metrics (llama-server runs with --metrics): Prometheus text, within `timeout` s.
+
+        UpstreamError when llama-server cannot be reached, answers other than 200, sends more
+        than `max_bytes` or takes longer than `timeout` in all.
+        """
+        body = bytearray()
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._client.stream("GET", "/metrics", timeout=timeout) as response:
+                    if response.status_code != 200:
+                        raise UpstreamError(
+                            f"llama-server answered GET /metrics with HTTP {response.status_code}"
+                        )
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > max_bytes:
+                            raise UpstreamError(
+                                f"llama-server's metrics exceed {max_bytes} bytes "
+                                "(WORKER_METRICS_MAX_BYTES)"
+                            )
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise UpstreamError(
+                f"llama-server did not answer GET /metrics within {timeout:g}s"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"GET /metrics from llama-server failed: {exc!r}") from exc
+        return body.decode("utf-8", errors="replace")
 
     @contextlib.asynccontextmanager
     async def forward(

@@ -24,6 +24,7 @@ from services.worker.errors import (
     WorkerError,
 )
 from services.worker.leases import LeaseReleaser
+from services.worker.metrics import MetricsScraper
 from services.worker.pool import RunnerPool
 from services.worker.runner import RunnerState
 
@@ -39,6 +40,9 @@ _ListContext = grpc.aio.ServicerContext[
     worker_pb2.ListRunnersRequest, worker_pb2.ListRunnersResponse
 ]
 _GenerateContext = grpc.aio.ServicerContext[worker_pb2.GenerateRequest, worker_pb2.GenerateResponse]
+_ScrapeContext = grpc.aio.ServicerContext[
+    worker_pb2.ScrapeMetricsRequest, worker_pb2.ScrapeMetricsResponse
+]
 
 # Most specific first.
 _STATUS: tuple[tuple[type[WorkerError], grpc.StatusCode], ...] = (
@@ -65,9 +69,10 @@ def status_for(error: WorkerError) -> grpc.StatusCode:
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, pool: RunnerPool, leases: LeaseReleaser) -> None:
+    def __init__(self, pool: RunnerPool, leases: LeaseReleaser, metrics: MetricsScraper) -> None:
         self._pool = pool
         self._leases = leases
+        self._metrics = metrics
 
     async def Load(
         self, request: worker_pb2.LoadRequest, context: _LoadContext
@@ -101,6 +106,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     ) -> worker_pb2.ListRunnersResponse:
         return worker_pb2.ListRunnersResponse(
             runners=[runner_info(snapshot) for snapshot in self._pool.snapshot()]
+        )
+
+    async def ScrapeMetrics(
+        self, request: worker_pb2.ScrapeMetricsRequest, context: _ScrapeContext
+    ) -> worker_pb2.ScrapeMetricsResponse:
+        return worker_pb2.ScrapeMetricsResponse(
+            runners=[
+                worker_pb2.RunnerMetrics(
+                    model_id=scraped.model_id, reference=scraped.reference, text=scraped.text
+                )
+                for scraped in await self._metrics.scrape()
+            ]
         )
 
     async def Generate(  # type: ignore[override]

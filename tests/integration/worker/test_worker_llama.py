@@ -30,6 +30,7 @@ from services.worker.blob_cache import BlobCache, FetchLimits
 from services.worker.errors import BinaryNotFoundError
 from services.worker.leases import LeaseReleaser
 from services.worker.llama_client import ClientLimits
+from services.worker.metrics import MetricsLimits, MetricsScraper
 from services.worker.pool import PoolSettings, RunnerPool
 from services.worker.runner import RunnerState, RunnerTimeouts
 from services.worker.server import SERVICE_NAME, WorkerServicer
@@ -113,7 +114,10 @@ async def worker(
         )
         server = GrpcServer("127.0.0.1:0", [SERVICE_NAME])
         releaser = LeaseReleaser(scheduler_pb2_grpc.SchedulerStub(scheduler_channel), 2.0)
-        worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(pool, releaser), server.server)
+        scraper = MetricsScraper(pool, MetricsLimits(timeout=5.0, max_bytes=1024 * 1024))
+        worker_pb2_grpc.add_WorkerServicer_to_server(
+            WorkerServicer(pool, releaser, scraper), server.server
+        )
         port = await server.start()
         channel = open_channel(f"127.0.0.1:{port}")
         model = common_pb2.Model(

@@ -74,6 +74,22 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         self.time_remaining: list[float | None] = []
         self.scripts: deque[Script] = deque()
         self.cancelled = asyncio.Event()
+        # ScrapeMetrics answers `metrics`, or aborts with `metrics_error`, or with
+        # `metrics_stall` never answers (until the caller's deadline cancels it).
+        self.metrics: list[worker_pb2.RunnerMetrics] = []
+        self.metrics_error: tuple[grpc.StatusCode, str] | None = None
+        self.metrics_stall = False
+        self.scrapes = 0
+
+    async def ScrapeMetrics(
+        self, request: worker_pb2.ScrapeMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.ScrapeMetricsResponse:
+        self.scrapes += 1
+        if self.metrics_stall:
+            await asyncio.Event().wait()
+        if self.metrics_error is not None:
+            await context.abort(*self.metrics_error)
+        return worker_pb2.ScrapeMetricsResponse(runners=self.metrics)
 
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext

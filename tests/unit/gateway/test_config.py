@@ -22,6 +22,8 @@ def test_defaults() -> None:
     assert settings.unavailable_retries == 1
     assert settings.cors_origins == ()
     assert settings.log_level == "INFO"
+    assert settings.metrics_enabled is True
+    assert settings.metrics_timeout == 10
 
 
 def test_overrides() -> None:
@@ -68,9 +70,20 @@ def test_overrides() -> None:
         ("GATEWAY_MAX_BODY_BYTES", "0"),
         ("GATEWAY_UNAVAILABLE_RETRIES", "-1"),
         ("GATEWAY_WORKER_CHANNELS", "0"),
+        ("GATEWAY_METRICS_TIMEOUT", "0"),
+        ("DISABLE_METRICS", "maybe"),
         ("LOG_LEVEL", "chatty"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingError, match=name):
         GatewaySettings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"), [("1", False), ("true", False), ("0", True), ("", True)]
+)
+def test_disable_metrics(value: str, enabled: bool) -> None:
+    settings = GatewaySettings.from_env({"DISABLE_METRICS": value, "GATEWAY_METRICS_TIMEOUT": "2s"})
+    assert settings.metrics_enabled is enabled
+    assert settings.metrics_timeout == 2

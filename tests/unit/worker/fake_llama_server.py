@@ -1,13 +1,17 @@
 """A stand-in llama-server, run as a real subprocess, for faults the real binary cannot show on demand.
 
 It speaks just enough HTTP/1.1 on the Unix socket given by `--host`: GET /health (503 while
-"loading", then 200), POST /v1/chat/completions, /v1/completions (streamed SSE or one JSON body)
-and /v1/embeddings. Standard library only, so it starts in milliseconds.
+"loading", then 200), GET /metrics (llama.cpp-style Prometheus text counting the prompt words it
+served), POST /v1/chat/completions, /v1/completions (streamed SSE or one JSON body) and
+/v1/embeddings. Standard library only, so it starts in milliseconds.
 
 Behaviour comes from the model file's first line (so each test model is a different fault):
     GGUF            normal
     CRASH <text>    print "<text>" to stderr and exit 1 at start
     SLOW <seconds>  answer /health 503 for that long (default: forever)
+    METRICS-STALL   normal, but GET /metrics never answers
+    METRICS-OFF     normal, but GET /metrics answers 501 (llama-server without --metrics)
+    METRICS-HUGE    normal, but GET /metrics sends 2 MiB of comments first
 and from flags (LLAMA_ARGS-style extra arguments):
     --fake-ready-delay S      /health says 503 for S seconds first
     --fake-exit-after N       exit with status 3 after serving N requests
@@ -44,11 +48,13 @@ def _parse() -> argparse.Namespace:
 
 
 class FakeServer:
-    def __init__(self, args: argparse.Namespace, ready_at: float) -> None:
+    def __init__(self, args: argparse.Namespace, ready_at: float, first_line: str = "") -> None:
         self.args = args
         self.ready_at = ready_at
+        self.first_line = first_line
         self.served = 0
         self.dropped = 0
+        self.prompt_words = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -82,6 +88,9 @@ class FakeServer:
             else:
                 await self.send_json(writer, 200, {"status": "ok"})
             return
+        if method == "GET" and path == "/metrics":
+            await self.metrics(writer)
+            return
         if method != "POST" or path not in (
             "/v1/chat/completions",
             "/v1/completions",
@@ -95,6 +104,7 @@ class FakeServer:
             await self.send_json(writer, 400, {"error": {"code": 400, "message": "invalid JSON"}})
             return
         self.served += 1
+        self.prompt_words += len(_words(request))
         if path == "/v1/embeddings":
             await self.send_json(
                 writer, 200, {"object": "list", "data": [{"embedding": [0.1, 0.2, 0.3]}]}
@@ -133,12 +143,45 @@ class FakeServer:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
+    async def metrics(self, writer: asyncio.StreamWriter) -> None:
+        if self.first_line.startswith("METRICS-STALL"):
+            await asyncio.sleep(3600)
+        if self.first_line.startswith("METRICS-OFF"):
+            await self.send_json(
+                writer,
+                501,
+                {"error": {"code": 501, "message": "This server does not support metrics"}},
+            )
+            return
+        padding = (
+            "# padding\n" * (2 * 1024 * 1024 // 10) if "METRICS-HUGE" in self.first_line else ""
+        )
+        text = (
+            padding + "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
+            "# TYPE llamacpp:prompt_tokens_total counter\n"
+            f"llamacpp:prompt_tokens_total {self.prompt_words}\n"
+            "# HELP llamacpp:requests_processing Number of requests processing.\n"
+            "# TYPE llamacpp:requests_processing gauge\n"
+            "llamacpp:requests_processing 0\n"
+        )
+        data = text.encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+            + f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        await writer.drain()
+
     @staticmethod
     async def send_json(writer: asyncio.StreamWriter, status: int, payload: object) -> None:
         data = json.dumps(payload).encode()
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}[
-            status
-        ]
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            501: "Not Implemented",
+            503: "Service Unavailable",
+        }[status]
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\n\r\n".encode()
@@ -166,7 +209,7 @@ async def serve(args: argparse.Namespace, first_line: str) -> None:
     if first_line.startswith("SLOW"):
         seconds = first_line.removeprefix("SLOW").strip()
         ready_at = time.monotonic() + (float(seconds) if seconds else 1e9)
-    server = FakeServer(args, ready_at)
+    server = FakeServer(args, ready_at, first_line)
     unix_server = await asyncio.start_unix_server(server.handle, path=args.host)
     async with unix_server:
         await unix_server.serve_forever()

@@ -25,6 +25,8 @@ def test_defaults() -> None:
     assert settings.llama_args == ()
     assert settings.cache_path == Path("~/.model-runner/worker-cache").expanduser()
     assert str(settings.runtime_dir).startswith("/tmp/")
+    assert settings.metrics_timeout == 5
+    assert settings.metrics_max_bytes == 1024 * 1024
 
 
 def test_parses_values() -> None:
@@ -38,6 +40,8 @@ def test_parses_values() -> None:
             "WORKER_MEMORY_BYTES": "1000",
             "WORKER_CACHE_MAX_BYTES": "0",
             "LLAMA_SERVER_PATH": "/opt/llama-server",
+            "WORKER_METRICS_TIMEOUT": "1500ms",
+            "WORKER_METRICS_MAX_BYTES": "4096",
         }
     )
     assert settings.tags == {"gpu": "h100", "zone": "a"}
@@ -48,6 +52,8 @@ def test_parses_values() -> None:
     assert settings.memory_bytes == 1000
     assert settings.cache_max_bytes == 0
     assert settings.llama_server_path == Path("/opt/llama-server")
+    assert settings.metrics_timeout == 1.5
+    assert settings.metrics_max_bytes == 4096
 
 
 @pytest.mark.parametrize(
@@ -62,6 +68,8 @@ def test_parses_values() -> None:
         ({"WORKER_LISTEN_ADDRESS": "nohost"}, "host:port"),
         ({"WORKER_MEMORY_BYTES": "-5"}, "WORKER_MEMORY_BYTES"),
         ({"WORKER_CACHE_MAX_BYTES": "-1"}, "WORKER_CACHE_MAX_BYTES"),
+        ({"WORKER_METRICS_TIMEOUT": "0"}, "WORKER_METRICS_TIMEOUT must be positive"),
+        ({"WORKER_METRICS_MAX_BYTES": "0"}, "WORKER_METRICS_MAX_BYTES must be positive"),
     ],
 )
 def test_refuses(env: dict[str, str], message: str) -> None:

@@ -16,6 +16,7 @@ from services.common.grpc_server import GrpcServer
 from services.worker.artifact import ModelSpec
 from services.worker.blob_cache import BlobCache, FetchLimits
 from services.worker.leases import LeaseReleaser
+from services.worker.metrics import MetricsLimits, MetricsScraper
 from services.worker.pool import RunnerPool
 from services.worker.server import SERVICE_NAME, WorkerServicer
 from tests.unit.worker.fake_registry import FakeRegistry, running_registry
@@ -85,7 +86,10 @@ async def start_worker(
     scheduler_channel = open_channel(scheduler_address)
     server = GrpcServer("127.0.0.1:0", [SERVICE_NAME])
     releaser = LeaseReleaser(scheduler_pb2_grpc.SchedulerStub(scheduler_channel), timeout=2.0)
-    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(pool, releaser), server.server)
+    scraper = MetricsScraper(pool, MetricsLimits(timeout=2.0, max_bytes=64 * 1024))
+    worker_pb2_grpc.add_WorkerServicer_to_server(
+        WorkerServicer(pool, releaser, scraper), server.server
+    )
     port = await server.start()
     channel = open_channel(f"127.0.0.1:{port}")
     worker = Worker(worker_pb2_grpc.WorkerStub(channel), scheduler, pool, blobs)
@@ -301,6 +305,18 @@ async def test_unload_and_list(worker: Worker) -> None:
     assert (await worker.stub.Unload(unload, timeout=5)).unloaded is True
     assert (await worker.stub.Unload(unload, timeout=5)).unloaded is False
     assert not (await worker.stub.ListRunners(worker_pb2.ListRunnersRequest())).runners
+
+
+async def test_scrape_metrics_returns_each_ready_runners_text(worker: Worker) -> None:
+    empty = await worker.stub.ScrapeMetrics(worker_pb2.ScrapeMetricsRequest(), timeout=5)
+    assert list(empty.runners) == []
+    spec = await worker.load()
+    await worker.generate(spec, chat_body("one two", stream=False), stream=False)
+    reply = await worker.stub.ScrapeMetrics(worker_pb2.ScrapeMetricsRequest(), timeout=5)
+    [runner] = reply.runners
+    assert (runner.model_id, runner.reference) == (spec.model_id, "ai/fake")
+    assert "# TYPE llamacpp:prompt_tokens_total counter\n" in runner.text
+    assert "llamacpp:prompt_tokens_total 2\n" in runner.text
 
 
 async def test_blob_fetch_failure_is_unavailable(

@@ -1,0 +1,1 @@
+"""DMR's aggregated Prometheus `/metrics`: every runner's llama-server metrics, labelled."""
