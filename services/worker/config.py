@@ -45,16 +45,6 @@ def _split_address(name: str, address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _default_threads() -> int:
-    """Half the cores (at least one), as DMR does on arm64.
-
-    llama.cpp's threads spin while they wait for each other; when they take every core, the
-    worker's and gateway's per-token work preempts one and every decode step stalls (measured on
-    2 cores: a 24-token answer took 15 s instead of 0.15 s under contention).
-    """
-    return max(1, (os.cpu_count() or 1) // 2)
-
-
 def _llama_args(env: Mapping[str, str]) -> tuple[str, ...]:
     raw = env.get("LLAMA_ARGS", "")
     try:
@@ -95,6 +85,10 @@ class WorkerSettings:
     scheduler_address: str = "127.0.0.1:50052"
     llama_server_path: Path | None = None
     llama_args: tuple[str, ...] = ()
+    # 0: llama.cpp's own default (every core). Measured on 2 cores (docs/benchmarks.md): all
+    # cores give the gateway path 60% more tokens/s at concurrency 4-8 than one thread, although
+    # the worker's and gateway's per-token work then competes with llama.cpp; on a host shared
+    # with other busy processes, 1 thread avoids llama.cpp's spinning threads being preempted.
     llama_threads: int = 0
     ready_timeout: float = 300.0
     health_poll_interval: float = 0.25
@@ -158,7 +152,7 @@ class WorkerSettings:
             llama_server_path=Path(server_path).expanduser() if server_path else None,
             llama_args=_llama_args(env),
             llama_threads=_non_negative(
-                "WORKER_LLAMA_THREADS", env_int(env, "WORKER_LLAMA_THREADS", _default_threads())
+                "WORKER_LLAMA_THREADS", env_int(env, "WORKER_LLAMA_THREADS", cls.llama_threads)
             ),
             ready_timeout=duration("WORKER_READY_TIMEOUT", cls.ready_timeout),
             health_poll_interval=duration("WORKER_HEALTH_POLL_INTERVAL", cls.health_poll_interval),
