@@ -16,12 +16,15 @@ STAMP := $(VENV)/.installed
 
 export LLAMA_CPP_BUILD_JOBS
 
-.PHONY: help install build llama-server model protos run test test-unit test-integration lint typecheck bench clean
+.PHONY: help system-deps install build llama-server model protos run test test-unit test-integration lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
-$(PY):
+system-deps: ## Install missing Debian packages (compiler, python3-venv, docker-registry, htpasswd)
+	scripts/install_system_deps.sh
+
+$(PY): | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
