@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from modelrunner.v1 import common_pb2 as modelrunner_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelrunner/v1/registry.proto\x12\x0emodelrunner.v1\x1a\x1bmodelrunner/v1/common.proto\"x\n\x0ePackageRequest\x12\x11\n\tgguf_path\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x03 \x01(\x05\x12\x14\n\x0clicense_path\x18\x04 \x01(\t\x12\x1a\n\x12\x63hat_template_path\x18\x05 \x01(\t\"7\n\x0fPackageResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.modelrunner.v1.Model\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.modelrunner.v1.Model\"(\n\x13InspectModelRequest\x12\x11\n\treference\x18\x01 \x01(\t\"1\n\x0fTagModelRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"4\n\x10TagModelResponse\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"6\n\x12\x44\x65leteModelRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"8\n\x13\x44\x65leteModelResponse\x12\x10\n\x08untagged\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x03(\t\"2\n\x10\x46\x65tchBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"-\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x32\xea\x03\n\x08Registry\x12J\n\x07Package\x12\x1e.modelrunner.v1.PackageRequest\x1a\x1f.modelrunner.v1.PackageResponse\x12S\n\nListModels\x12!.modelrunner.v1.ListModelsRequest\x1a\".modelrunner.v1.ListModelsResponse\x12J\n\x0cInspectModel\x12#.modelrunner.v1.InspectModelRequest\x1a\x15.modelrunner.v1.Model\x12M\n\x08TagModel\x12\x1f.modelrunner.v1.TagModelRequest\x1a .modelrunner.v1.TagModelResponse\x12V\n\x0b\x44\x65leteModel\x12\".modelrunner.v1.DeleteModelRequest\x1a#.modelrunner.v1.DeleteModelResponse\x12J\n\tFetchBlob\x12 .modelrunner.v1.FetchBlobRequest\x1a\x19.modelrunner.v1.BlobChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelrunner/v1/registry.proto\x12\x0emodelrunner.v1\x1a\x1bmodelrunner/v1/common.proto\"x\n\x0ePackageRequest\x12\x11\n\tgguf_path\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x03 \x01(\x05\x12\x14\n\x0clicense_path\x18\x04 \x01(\t\x12\x1a\n\x12\x63hat_template_path\x18\x05 \x01(\t\"7\n\x0fPackageResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.modelrunner.v1.Model\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.modelrunner.v1.Model\"(\n\x13InspectModelRequest\x12\x11\n\treference\x18\x01 \x01(\t\"1\n\x0fTagModelRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"4\n\x10TagModelResponse\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"6\n\x12\x44\x65leteModelRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"8\n\x13\x44\x65leteModelResponse\x12\x10\n\x08untagged\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x03(\t\"2\n\x10\x46\x65tchBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"-\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"O\n\x13RegistryCredentials\x12\x14\n\x0c\x62\x65\x61rer_token\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"Z\n\x0bPullRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\x38\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32#.modelrunner.v1.RegistryCredentials\"j\n\x0bPushRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x38\n\x0b\x63redentials\x18\x03 \x01(\x0b\x32#.modelrunner.v1.RegistryCredentials\":\n\rLayerProgress\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x03\"\xd9\x01\n\x10TransferProgress\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.modelrunner.v1.TransferEventType\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\x12,\n\x05layer\x18\x04 \x01(\x0b\x32\x1d.modelrunner.v1.LayerProgress\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12$\n\x05model\x18\x06 \x01(\x0b\x32\x15.modelrunner.v1.Model\x12\x12\n\nerror_code\x18\x07 \x01(\t*\xbb\x01\n\x11TransferEventType\x12#\n\x1fTRANSFER_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cTRANSFER_EVENT_TYPE_PROGRESS\x10\x01\x12\x1f\n\x1bTRANSFER_EVENT_TYPE_SUCCESS\x10\x02\x12\x1f\n\x1bTRANSFER_EVENT_TYPE_WARNING\x10\x03\x12\x1d\n\x19TRANSFER_EVENT_TYPE_ERROR\x10\x04\x32\xfc\x04\n\x08Registry\x12J\n\x07Package\x12\x1e.modelrunner.v1.PackageRequest\x1a\x1f.modelrunner.v1.PackageResponse\x12S\n\nListModels\x12!.modelrunner.v1.ListModelsRequest\x1a\".modelrunner.v1.ListModelsResponse\x12J\n\x0cInspectModel\x12#.modelrunner.v1.InspectModelRequest\x1a\x15.modelrunner.v1.Model\x12M\n\x08TagModel\x12\x1f.modelrunner.v1.TagModelRequest\x1a .modelrunner.v1.TagModelResponse\x12V\n\x0b\x44\x65leteModel\x12\".modelrunner.v1.DeleteModelRequest\x1a#.modelrunner.v1.DeleteModelResponse\x12J\n\tFetchBlob\x12 .modelrunner.v1.FetchBlobRequest\x1a\x19.modelrunner.v1.BlobChunk0\x01\x12G\n\x04Pull\x12\x1b.modelrunner.v1.PullRequest\x1a .modelrunner.v1.TransferProgress0\x01\x12G\n\x04Push\x12\x1b.modelrunner.v1.PushRequest\x1a .modelrunner.v1.TransferProgress0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelrunner.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TRANSFEREVENTTYPE']._serialized_start=1261
+  _globals['_TRANSFEREVENTTYPE']._serialized_end=1448
   _globals['_PACKAGEREQUEST']._serialized_start=78
   _globals['_PACKAGEREQUEST']._serialized_end=198
   _globals['_PACKAGERESPONSE']._serialized_start=200
@@ -54,6 +56,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FETCHBLOBREQUEST']._serialized_end=650
   _globals['_BLOBCHUNK']._serialized_start=652
   _globals['_BLOBCHUNK']._serialized_end=697
-  _globals['_REGISTRY']._serialized_start=700
-  _globals['_REGISTRY']._serialized_end=1190
+  _globals['_REGISTRYCREDENTIALS']._serialized_start=699
+  _globals['_REGISTRYCREDENTIALS']._serialized_end=778
+  _globals['_PULLREQUEST']._serialized_start=780
+  _globals['_PULLREQUEST']._serialized_end=870
+  _globals['_PUSHREQUEST']._serialized_start=872
+  _globals['_PUSHREQUEST']._serialized_end=978
+  _globals['_LAYERPROGRESS']._serialized_start=980
+  _globals['_LAYERPROGRESS']._serialized_end=1038
+  _globals['_TRANSFERPROGRESS']._serialized_start=1041
+  _globals['_TRANSFERPROGRESS']._serialized_end=1258
+  _globals['_REGISTRY']._serialized_start=1451
+  _globals['_REGISTRY']._serialized_end=2087
 # @@protoc_insertion_point(module_scope)

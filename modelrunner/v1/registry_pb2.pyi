@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from modelrunner.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,27 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TransferEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_EVENT_TYPE_UNSPECIFIED: _TransferEventType.ValueType  # 0
+    TRANSFER_EVENT_TYPE_PROGRESS: _TransferEventType.ValueType  # 1
+    TRANSFER_EVENT_TYPE_SUCCESS: _TransferEventType.ValueType  # 2
+    TRANSFER_EVENT_TYPE_WARNING: _TransferEventType.ValueType  # 3
+    TRANSFER_EVENT_TYPE_ERROR: _TransferEventType.ValueType  # 4
+
+class TransferEventType(_TransferEventType, metaclass=_TransferEventTypeEnumTypeWrapper): ...
+
+TRANSFER_EVENT_TYPE_UNSPECIFIED: TransferEventType.ValueType  # 0
+TRANSFER_EVENT_TYPE_PROGRESS: TransferEventType.ValueType  # 1
+TRANSFER_EVENT_TYPE_SUCCESS: TransferEventType.ValueType  # 2
+TRANSFER_EVENT_TYPE_WARNING: TransferEventType.ValueType  # 3
+TRANSFER_EVENT_TYPE_ERROR: TransferEventType.ValueType  # 4
+Global___TransferEventType: _TypeAlias = TransferEventType  # noqa: Y015
 
 @_typing.final
 class PackageRequest(_message.Message):
@@ -263,3 +285,166 @@ class BlobChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BlobChunk: _TypeAlias = BlobChunk  # noqa: Y015
+
+@_typing.final
+class RegistryCredentials(_message.Message):
+    """Credentials for an upstream registry; all optional. Without them ~/.docker/config.json
+    (`auths` entries) is consulted, then the registry is tried anonymously.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BEARER_TOKEN_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    bearer_token: _builtins.str
+    """DMR's `bearer-token`: sent as `Authorization: Bearer <token>` as is."""
+    username: _builtins.str
+    """HTTP Basic, or the credentials used to obtain a token from the registry's token endpoint."""
+    password: _builtins.str
+    def __init__(
+        self,
+        *,
+        bearer_token: _builtins.str = ...,
+        username: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bearer_token", b"bearer_token", "password", b"password", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryCredentials: _TypeAlias = RegistryCredentials  # noqa: Y015
+
+@_typing.final
+class PullRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    """e.g. "ai/smollm2:135M-Q4_1", "localhost:5000/team/model:v1", "name@sha256:..."."""
+    @_builtins.property
+    def credentials(self) -> Global___RegistryCredentials: ...
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        credentials: Global___RegistryCredentials | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullRequest: _TypeAlias = PullRequest  # noqa: Y015
+
+@_typing.final
+class PushRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    """The local model (tag or id)."""
+    target: _builtins.str
+    """The remote reference; empty means `reference` (which must then be a tag)."""
+    @_builtins.property
+    def credentials(self) -> Global___RegistryCredentials: ...
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        target: _builtins.str = ...,
+        credentials: Global___RegistryCredentials | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "reference", b"reference", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushRequest: _TypeAlias = PushRequest  # noqa: Y015
+
+@_typing.final
+class LayerProgress(_message.Message):
+    """One layer's transfer state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The layer digest ("sha256:...")."""
+    size: _builtins.int
+    current: _builtins.int
+    """Bytes of this layer already present locally (pull) or remotely (push)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        size: _builtins.int = ...,
+        current: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "id", b"id", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayerProgress: _TypeAlias = LayerProgress  # noqa: Y015
+
+@_typing.final
+class TransferProgress(_message.Message):
+    """One line of DMR's pull/push progress stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    LAYER_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    type: Global___TransferEventType.ValueType
+    message: _builtins.str
+    """Human text: "Downloaded: 12.34 MB", "Model pulled successfully", the error..."""
+    total: _builtins.int
+    """Sum of all layer sizes."""
+    mode: _builtins.str
+    """"pull" or "push"."""
+    error_code: _builtins.str
+    """Set on ERROR messages: the gRPC status name the error would have aborted with
+    (e.g. "NOT_FOUND", "UNAVAILABLE", "DATA_LOSS" for a digest mismatch).
+    """
+    @_builtins.property
+    def layer(self) -> Global___LayerProgress:
+        """Set on PROGRESS messages."""
+
+    @_builtins.property
+    def model(self) -> _common_pb2.Model:
+        """Set on the SUCCESS message: the model as stored locally."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___TransferEventType.ValueType = ...,
+        message: _builtins.str = ...,
+        total: _builtins.int = ...,
+        layer: Global___LayerProgress | None = ...,
+        mode: _builtins.str = ...,
+        model: _common_pb2.Model | None = ...,
+        error_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["layer", b"layer", "model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "layer", b"layer", "message", b"message", "mode", b"mode", "model", b"model", "total", b"total", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferProgress: _TypeAlias = TransferProgress  # noqa: Y015

@@ -65,6 +65,16 @@ class RegistryStub:
                 request_serializer=modelrunner_dot_v1_dot_registry__pb2.FetchBlobRequest.SerializeToString,
                 response_deserializer=modelrunner_dot_v1_dot_registry__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.Pull = channel.unary_stream(
+                '/modelrunner.v1.Registry/Pull',
+                request_serializer=modelrunner_dot_v1_dot_registry__pb2.PullRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_registry__pb2.TransferProgress.FromString,
+                _registered_method=True)
+        self.Push = channel.unary_stream(
+                '/modelrunner.v1.Registry/Push',
+                request_serializer=modelrunner_dot_v1_dot_registry__pb2.PushRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_registry__pb2.TransferProgress.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -110,6 +120,24 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pull(self, request, context):
+        """Pull a model from an OCI registry into the store, streaming progress per layer.
+        Errors found before the first message (bad reference, unknown manifest, bad credentials,
+        unreachable host, unsupported media type) abort the call with a status; errors after it end
+        the stream with one ERROR message (DMR's `type:"error"` line), then the call succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Push(self, request, context):
+        """Push a local model to an OCI registry: blobs the registry lacks, then the manifest.
+        Same error contract as Pull.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +170,16 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.FetchBlob,
                     request_deserializer=modelrunner_dot_v1_dot_registry__pb2.FetchBlobRequest.FromString,
                     response_serializer=modelrunner_dot_v1_dot_registry__pb2.BlobChunk.SerializeToString,
+            ),
+            'Pull': grpc.unary_stream_rpc_method_handler(
+                    servicer.Pull,
+                    request_deserializer=modelrunner_dot_v1_dot_registry__pb2.PullRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_registry__pb2.TransferProgress.SerializeToString,
+            ),
+            'Push': grpc.unary_stream_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=modelrunner_dot_v1_dot_registry__pb2.PushRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_registry__pb2.TransferProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +344,60 @@ class Registry:
             '/modelrunner.v1.Registry/FetchBlob',
             modelrunner_dot_v1_dot_registry__pb2.FetchBlobRequest.SerializeToString,
             modelrunner_dot_v1_dot_registry__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/modelrunner.v1.Registry/Pull',
+            modelrunner_dot_v1_dot_registry__pb2.PullRequest.SerializeToString,
+            modelrunner_dot_v1_dot_registry__pb2.TransferProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Push(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/modelrunner.v1.Registry/Push',
+            modelrunner_dot_v1_dot_registry__pb2.PushRequest.SerializeToString,
+            modelrunner_dot_v1_dot_registry__pb2.TransferProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,16 @@ class RegistryStub:
     """FAILED_PRECONDITION when the model has several tags and force is false."""
     FetchBlob: _grpc.UnaryStreamMultiCallable[_registry_pb2.FetchBlobRequest, _registry_pb2.BlobChunk]
     """Stream a blob from `offset`; the first message carries the total size."""
+    Pull: _grpc.UnaryStreamMultiCallable[_registry_pb2.PullRequest, _registry_pb2.TransferProgress]
+    """Pull a model from an OCI registry into the store, streaming progress per layer.
+    Errors found before the first message (bad reference, unknown manifest, bad credentials,
+    unreachable host, unsupported media type) abort the call with a status; errors after it end
+    the stream with one ERROR message (DMR's `type:"error"` line), then the call succeeds.
+    """
+    Push: _grpc.UnaryStreamMultiCallable[_registry_pb2.PushRequest, _registry_pb2.TransferProgress]
+    """Push a local model to an OCI registry: blobs the registry lacks, then the manifest.
+    Same error contract as Pull.
+    """
 
 @_typing.type_check_only
 class RegistryAsyncStub(RegistryStub):
@@ -56,6 +66,16 @@ class RegistryAsyncStub(RegistryStub):
     """FAILED_PRECONDITION when the model has several tags and force is false."""
     FetchBlob: _aio.UnaryStreamMultiCallable[_registry_pb2.FetchBlobRequest, _registry_pb2.BlobChunk]  # type: ignore[assignment]
     """Stream a blob from `offset`; the first message carries the total size."""
+    Pull: _aio.UnaryStreamMultiCallable[_registry_pb2.PullRequest, _registry_pb2.TransferProgress]  # type: ignore[assignment]
+    """Pull a model from an OCI registry into the store, streaming progress per layer.
+    Errors found before the first message (bad reference, unknown manifest, bad credentials,
+    unreachable host, unsupported media type) abort the call with a status; errors after it end
+    the stream with one ERROR message (DMR's `type:"error"` line), then the call succeeds.
+    """
+    Push: _aio.UnaryStreamMultiCallable[_registry_pb2.PushRequest, _registry_pb2.TransferProgress]  # type: ignore[assignment]
+    """Push a local model to an OCI registry: blobs the registry lacks, then the manifest.
+    Same error contract as Pull.
+    """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -103,5 +123,27 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.BlobChunk], _abc.AsyncIterator[_registry_pb2.BlobChunk]]:
         """Stream a blob from `offset`; the first message carries the total size."""
+
+    @_abc_1.abstractmethod
+    def Pull(
+        self,
+        request: _registry_pb2.PullRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.TransferProgress], _abc.AsyncIterator[_registry_pb2.TransferProgress]]:
+        """Pull a model from an OCI registry into the store, streaming progress per layer.
+        Errors found before the first message (bad reference, unknown manifest, bad credentials,
+        unreachable host, unsupported media type) abort the call with a status; errors after it end
+        the stream with one ERROR message (DMR's `type:"error"` line), then the call succeeds.
+        """
+
+    @_abc_1.abstractmethod
+    def Push(
+        self,
+        request: _registry_pb2.PushRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.TransferProgress], _abc.AsyncIterator[_registry_pb2.TransferProgress]]:
+        """Push a local model to an OCI registry: blobs the registry lacks, then the manifest.
+        Same error contract as Pull.
+        """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

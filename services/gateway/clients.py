@@ -60,6 +60,27 @@ class RegistryClient:
             timeout=self._timeout,
         )
 
+    def pull(
+        self, reference: str, credentials: registry_pb2.RegistryCredentials, *, timeout: float
+    ) -> grpc.aio.UnaryStreamCall[registry_pb2.PullRequest, registry_pb2.TransferProgress]:
+        """The registry's progress stream; the caller reads it and cancels it when done."""
+        return self._stub.Pull(
+            registry_pb2.PullRequest(reference=reference, credentials=credentials),
+            timeout=timeout,
+        )
+
+    def push(
+        self,
+        reference: str,
+        credentials: registry_pb2.RegistryCredentials,
+        *,
+        timeout: float,
+    ) -> grpc.aio.UnaryStreamCall[registry_pb2.PushRequest, registry_pb2.TransferProgress]:
+        return self._stub.Push(
+            registry_pb2.PushRequest(reference=reference, credentials=credentials),
+            timeout=timeout,
+        )
+
 
 class SchedulerClient:
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float) -> None:

@@ -24,6 +24,8 @@ class GatewaySettings:
     assign_timeout: float = 330.0
     # Model management and engine calls (list, inspect, tag, delete, ps, unload).
     rpc_timeout: float = 30.0
+    # A whole pull or push through the registry (POST /models/create, /models/{name}/push).
+    transfer_timeout: float = 3600.0
     # DMR's limit for inference bodies.
     max_body_bytes: int = 10 * _MIB
     # Non-streaming answers are collected before they are sent; this bounds that buffer.
@@ -63,6 +65,9 @@ class GatewaySettings:
             request_timeout=env_duration(env, "GATEWAY_REQUEST_TIMEOUT", defaults.request_timeout),
             assign_timeout=env_duration(env, "GATEWAY_ASSIGN_TIMEOUT", defaults.assign_timeout),
             rpc_timeout=env_duration(env, "GATEWAY_RPC_TIMEOUT", defaults.rpc_timeout),
+            transfer_timeout=env_duration(
+                env, "GATEWAY_TRANSFER_TIMEOUT", defaults.transfer_timeout
+            ),
             max_body_bytes=env_int(env, "GATEWAY_MAX_BODY_BYTES", defaults.max_body_bytes),
             max_response_bytes=env_int(
                 env, "GATEWAY_MAX_RESPONSE_BYTES", defaults.max_response_bytes
@@ -97,6 +102,7 @@ class GatewaySettings:
             "GATEWAY_REQUEST_TIMEOUT": self.request_timeout,
             "GATEWAY_ASSIGN_TIMEOUT": self.assign_timeout,
             "GATEWAY_RPC_TIMEOUT": self.rpc_timeout,
+            "GATEWAY_TRANSFER_TIMEOUT": self.transfer_timeout,
             "GATEWAY_MAX_BODY_BYTES": self.max_body_bytes,
             "GATEWAY_MAX_RESPONSE_BYTES": self.max_response_bytes,
             "GATEWAY_RELEASE_TIMEOUT": self.release_timeout,

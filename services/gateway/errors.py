@@ -97,6 +97,19 @@ class PayloadTooLarge(GatewayError):
     error_type = _INVALID
 
 
+class Unauthorized(GatewayError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class Unprocessable(GatewayError):
+    """The request is well-formed but names something this server cannot handle (DMR: an
+    artifact with an unsupported media type)."""
+
+    status_code = 422
+    error_type = _INVALID
+
+
 class UpstreamError(GatewayError):
     status_code = 502
     error_type = _SERVER
@@ -153,14 +166,15 @@ def from_rpc_error(
     exc: grpc.aio.AioRpcError,
     step: RpcStep,
     *,
-    precondition_conflict: bool = False,
+    precondition: type[GatewayError] | None = None,
     retry_after: float = 1.0,
     what: str = "",
 ) -> GatewayError:
     """The HTTP answer for a failed gRPC call.
 
-    `precondition_conflict`: FAILED_PRECONDITION is a 409 (delete of a multi-tag model) instead
-    of a 400. `what` names the peer in messages that would otherwise be vague ("registry").
+    `precondition`: what FAILED_PRECONDITION becomes for this route, e.g. Conflict (409) for the
+    delete of a multi-tag model or Unprocessable (422) for a pull of an unsupported artifact;
+    400 otherwise. `what` names the peer in messages that would otherwise be vague ("registry").
     """
     code = exc.code()
     details = exc.details() or ""
@@ -169,9 +183,13 @@ def from_rpc_error(
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
         return InvalidRequest(details or "invalid request")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        if precondition_conflict:
-            return Conflict(details or "conflict")
-        return InvalidRequest(details or "request cannot be served in the current state")
+        return (precondition or InvalidRequest)(
+            details or "request cannot be served in the current state"
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthorized(details or "unauthorized")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return Forbidden(details or "forbidden")
     if code == grpc.StatusCode.ALREADY_EXISTS:
         return Conflict(details or "already exists")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -197,7 +215,7 @@ def from_rpc_error(
 
 @contextmanager
 def translate_rpc_errors(
-    what: str, *, precondition_conflict: bool = False, retry_after: float = 1.0
+    what: str, *, precondition: type[GatewayError] | None = None, retry_after: float = 1.0
 ) -> Iterator[None]:
     """Turn a failed management call to `what` ("registry", "scheduler") into a GatewayError."""
     try:
@@ -206,7 +224,7 @@ def translate_rpc_errors(
         raise from_rpc_error(
             exc,
             RpcStep.MANAGEMENT,
-            precondition_conflict=precondition_conflict,
+            precondition=precondition,
             retry_after=retry_after,
             what=what,
         ) from None

@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 async def _serve(settings: RegistrySettings) -> None:
     app = await build_registry(settings, clock=SystemClock())
-    await run_until_signalled(app.server, grace=settings.shutdown_grace)
+    await run_until_signalled(app.server, grace=settings.shutdown_grace, cleanup=app.close)
 
 
 def main() -> None:

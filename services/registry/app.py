@@ -4,21 +4,48 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
+
 from modelrunner.v1 import registry_pb2_grpc
 from services.common.clock import Clock
 from services.common.grpc_server import GrpcServer
-from services.registry.config import RegistrySettings
+from services.registry.config import RegistrySettings, RemoteSettings
 from services.registry.model_store import ModelStore
 from services.registry.packaging import Packager
+from services.registry.pull import Puller
+from services.registry.push import Pusher
 from services.registry.server import SERVICE_NAME, RegistryServicer
+from services.registry.transfer import BlobDownloader
 
-__all__ = ["RegistryApp", "build_registry"]
+__all__ = ["RegistryApp", "build_registry", "remote_http_client"]
 
 
 @dataclass(frozen=True)
 class RegistryApp:
     server: GrpcServer
     store: ModelStore
+    # For upstream registries (pull, push); closed by `close()` after the server stopped.
+    http: httpx.AsyncClient
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def remote_http_client(settings: RemoteSettings) -> httpx.AsyncClient:
+    """Every upstream call gets these timeouts; redirects (CDN blob URLs) are followed, and httpx
+    drops Authorization when a redirect leaves the registry's origin."""
+    timeout = httpx.Timeout(
+        connect=settings.connect_timeout,
+        read=settings.read_timeout,
+        write=settings.read_timeout,
+        pool=settings.connect_timeout,
+    )
+    return httpx.AsyncClient(
+        timeout=timeout,
+        follow_redirects=True,
+        limits=httpx.Limits(max_connections=4 * (settings.pull_concurrency + 1)),
+        headers={"User-Agent": "model-runner-registry"},
+    )
 
 
 async def build_registry(settings: RegistrySettings, *, clock: Clock) -> RegistryApp:
@@ -34,9 +61,28 @@ async def build_registry(settings: RegistrySettings, *, clock: Clock) -> Registr
         allowed_dirs=settings.package_allowed_dirs,
         max_text_file_bytes=settings.max_text_file_bytes,
     )
+    remote = settings.remote
+    http = remote_http_client(remote)
+    puller = Puller(
+        store,
+        BlobDownloader(store.blobs, remote),
+        http,
+        remote,
+        clock=clock,
+        max_metadata_bytes=settings.max_metadata_bytes,
+    )
+    pusher = Pusher(
+        store, http, remote, clock=clock, max_metadata_bytes=settings.max_metadata_bytes
+    )
     server = GrpcServer(settings.listen_address, [SERVICE_NAME])
     registry_pb2_grpc.add_RegistryServicer_to_server(
-        RegistryServicer(store, packager, fetch_chunk_bytes=settings.fetch_chunk_bytes),
+        RegistryServicer(
+            store,
+            packager,
+            puller=puller,
+            pusher=pusher,
+            fetch_chunk_bytes=settings.fetch_chunk_bytes,
+        ),
         server.server,
     )
-    return RegistryApp(server=server, store=store)
+    return RegistryApp(server=server, store=store, http=http)

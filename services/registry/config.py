@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.env import (
@@ -14,11 +15,124 @@ from services.common.env import (
     env_str,
 )
 
-__all__ = ["RegistrySettings"]
+__all__ = ["RegistrySettings", "RemoteSettings"]
 
 _MIB = 1024 * 1024
 _DAY = 24 * 3600.0
 _DEFAULT_MODELS_PATH = Path("~/.model-runner/models")
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """How the registry talks to upstream OCI registries (pull and push)."""
+
+    # Hosts (`host[:port]`) spoken to over plain HTTP; loopback hosts always are.
+    insecure_registries: tuple[str, ...] = ()
+    # INSECURE_REGISTRY=true: every registry over plain HTTP (DMR's meaning).
+    insecure_all: bool = False
+    # Docker's client config, for `auths` credentials ($DOCKER_CONFIG/config.json).
+    docker_config_path: Path = Path("~/.docker/config.json")
+    # Layers transferred at once per pull / per push.
+    pull_concurrency: int = 4
+    push_concurrency: int = 2
+    connect_timeout: float = 10.0
+    # Longest wait for the next bytes of a response (a stalled transfer fails, then retries).
+    read_timeout: float = 60.0
+    # Tries per upstream call for transient failures (network, 429, 5xx); 4xx is never retried.
+    attempts: int = 4
+    retry_initial_wait: float = 0.5
+    retry_max_wait: float = 8.0
+    # Size of each read from an upstream response or a pushed file.
+    transfer_chunk_bytes: int = _MIB
+    # DMR throttling: a progress message after this long, or this many bytes, or at layer end.
+    progress_interval: float = 0.1
+    progress_bytes: int = _MIB
+    # Progress messages buffered per transfer before the transfer waits for its reader.
+    progress_queue: int = 64
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RemoteSettings:
+        defaults = cls()
+        insecure = env.get("INSECURE_REGISTRY", "").strip()
+        docker_dir = env.get("DOCKER_CONFIG", "").strip()
+        settings = cls(
+            insecure_registries=tuple(
+                host.strip().lower()
+                for host in insecure.split(",")
+                if host.strip() and host.strip().lower() not in {"true", "false", "1", "0"}
+            ),
+            insecure_all=insecure.lower() in {"true", "1"},
+            docker_config_path=(
+                Path(docker_dir).expanduser() / "config.json"
+                if docker_dir
+                else defaults.docker_config_path.expanduser()
+            ),
+            pull_concurrency=env_int(env, "REGISTRY_PULL_CONCURRENCY", defaults.pull_concurrency),
+            push_concurrency=env_int(env, "REGISTRY_PUSH_CONCURRENCY", defaults.push_concurrency),
+            connect_timeout=env_duration(
+                env, "REGISTRY_REMOTE_CONNECT_TIMEOUT", defaults.connect_timeout
+            ),
+            read_timeout=env_duration(env, "REGISTRY_REMOTE_READ_TIMEOUT", defaults.read_timeout),
+            attempts=env_int(env, "REGISTRY_REMOTE_ATTEMPTS", defaults.attempts),
+            retry_initial_wait=env_duration(
+                env, "REGISTRY_REMOTE_RETRY_INITIAL_WAIT", defaults.retry_initial_wait
+            ),
+            retry_max_wait=env_duration(
+                env, "REGISTRY_REMOTE_RETRY_MAX_WAIT", defaults.retry_max_wait
+            ),
+            transfer_chunk_bytes=env_int(
+                env, "REGISTRY_TRANSFER_CHUNK_BYTES", defaults.transfer_chunk_bytes
+            ),
+            progress_interval=env_duration(
+                env, "REGISTRY_PROGRESS_INTERVAL", defaults.progress_interval
+            ),
+            progress_bytes=env_int(env, "REGISTRY_PROGRESS_BYTES", defaults.progress_bytes),
+            progress_queue=env_int(env, "REGISTRY_PROGRESS_QUEUE", defaults.progress_queue),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name, value in (
+            ("REGISTRY_PULL_CONCURRENCY", self.pull_concurrency),
+            ("REGISTRY_PUSH_CONCURRENCY", self.push_concurrency),
+            ("REGISTRY_REMOTE_ATTEMPTS", self.attempts),
+            ("REGISTRY_TRANSFER_CHUNK_BYTES", self.transfer_chunk_bytes),
+            ("REGISTRY_PROGRESS_BYTES", self.progress_bytes),
+            ("REGISTRY_PROGRESS_QUEUE", self.progress_queue),
+        ):
+            if value < 1:
+                raise SettingError(f"{name} must be positive, got {value}")
+        for name, seconds in (
+            ("REGISTRY_REMOTE_CONNECT_TIMEOUT", self.connect_timeout),
+            ("REGISTRY_REMOTE_READ_TIMEOUT", self.read_timeout),
+        ):
+            if seconds <= 0:
+                raise SettingError(f"{name} must be positive")
+        if self.retry_initial_wait < 0 or self.retry_max_wait < self.retry_initial_wait:
+            raise SettingError(
+                "REGISTRY_REMOTE_RETRY_INITIAL_WAIT must be >= 0 and <= "
+                "REGISTRY_REMOTE_RETRY_MAX_WAIT"
+            )
+
+    def is_insecure(self, host: str) -> bool:
+        """Plain HTTP for `host[:port]`: loopback, listed, or everything when insecure_all."""
+        return self.insecure_all or host.lower() in self.insecure_registries or is_loopback(host)
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1, with or without a port."""
+    name = host.lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name[1:]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -43,6 +157,7 @@ class RegistrySettings:
     # Directories Package may read from; empty means any path the registry can read.
     package_allowed_dirs: tuple[Path, ...] = ()
     log_level: str = "INFO"
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RegistrySettings:
@@ -66,6 +181,7 @@ class RegistrySettings:
             ),
             package_allowed_dirs=_dirs(env.get("REGISTRY_PACKAGE_ALLOWED_DIRS", "")),
             log_level=env_str(env, "LOG_LEVEL", defaults.log_level),
+            remote=RemoteSettings.from_env(env),
         )
         settings.validate()
         return settings

@@ -9,11 +9,17 @@ one gRPC status, so the tree below is also the contract clients see:
     ├── NotFound                  NOT_FOUND
     │   ├── ModelNotFound         no model matches the reference or id
     │   ├── BlobNotFound          no blob with that digest in the store
-    │   └── SourceFileNotFound    the path given to Package does not exist
+    │   ├── SourceFileNotFound    the path given to Package does not exist
+    │   └── RemoteNotFound        the upstream registry has no such repository/manifest/blob
     ├── Conflict                  FAILED_PRECONDITION: delete of a multi-tag model without force
+    │   └── UnsupportedMediaType  the upstream artifact is not a model we read (names the type)
+    ├── Unauthenticated           UNAUTHENTICATED: the upstream registry refused the credentials
+    ├── RegistryUnavailable       UNAVAILABLE: upstream unreachable, 5xx/429 after the retries
+    ├── RemoteProtocolError       UNAVAILABLE: upstream answered something the protocol forbids
     ├── OffsetOutOfRange          OUT_OF_RANGE: FetchBlob offset beyond the blob's size
     ├── PermissionDenied          PERMISSION_DENIED: Package path outside the allowed directories
     ├── DigestMismatch            ABORTED: content changed while it was written (retry)
+    │   └── RemoteDigestMismatch  DATA_LOSS: upstream served bytes that do not match the digest
     └── StoreCorrupt              INTERNAL: the on-disk layout is unreadable or inconsistent
 """
 
@@ -30,8 +36,14 @@ __all__ = [
     "OffsetOutOfRange",
     "PermissionDenied",
     "RegistryError",
+    "RegistryUnavailable",
+    "RemoteDigestMismatch",
+    "RemoteNotFound",
+    "RemoteProtocolError",
     "SourceFileNotFound",
     "StoreCorrupt",
+    "Unauthenticated",
+    "UnsupportedMediaType",
 ]
 
 
@@ -89,3 +101,27 @@ class DigestMismatch(RegistryError):
 
 class StoreCorrupt(RegistryError):
     """index.json, oci-layout or a manifest cannot be parsed, or a referenced blob is missing."""
+
+
+class RemoteNotFound(NotFound):
+    """The upstream registry answered 404 (MANIFEST_UNKNOWN, NAME_UNKNOWN, BLOB_UNKNOWN)."""
+
+
+class UnsupportedMediaType(Conflict):
+    """DMR's ErrUnsupportedMediaType: the artifact's config or manifest type is not one we read."""
+
+
+class Unauthenticated(RegistryError):
+    """The upstream registry answered 401/403 to the credentials we had (or to none)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The upstream registry could not be reached, or kept failing after the bounded retries."""
+
+
+class RemoteProtocolError(RegistryError):
+    """The upstream registry answered in a way the distribution spec does not allow."""
+
+
+class RemoteDigestMismatch(DigestMismatch):
+    """A downloaded blob or manifest does not hash to its digest; nothing was stored."""

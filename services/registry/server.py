@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+import httpx
 
 from modelrunner.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.registry.credentials import Credentials
 from services.registry.errors import (
     Conflict,
     DigestMismatch,
@@ -17,13 +19,26 @@ from services.registry.errors import (
     OffsetOutOfRange,
     PermissionDenied,
     RegistryError,
+    RegistryUnavailable,
+    RemoteDigestMismatch,
+    RemoteProtocolError,
     StoreCorrupt,
+    Unauthenticated,
 )
 from services.registry.model_store import Model, ModelStore
 from services.registry.packaging import Packager, PackageSpec
+from services.registry.progress import EventType, TransferEvent
+from services.registry.pull import Puller
+from services.registry.push import Pusher
 from services.registry.store.manifests import Descriptor
 
-__all__ = ["SERVICE_NAME", "RegistryServicer", "descriptor_to_proto", "model_to_proto"]
+__all__ = [
+    "SERVICE_NAME",
+    "RegistryServicer",
+    "descriptor_to_proto",
+    "event_to_proto",
+    "model_to_proto",
+]
 
 SERVICE_NAME: str = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
 
@@ -38,6 +53,10 @@ _STATUS: tuple[tuple[type[RegistryError], grpc.StatusCode], ...] = (
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
     (OffsetOutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (RegistryUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (RemoteProtocolError, grpc.StatusCode.UNAVAILABLE),
+    (RemoteDigestMismatch, grpc.StatusCode.DATA_LOSS),
     (DigestMismatch, grpc.StatusCode.ABORTED),
     (StoreCorrupt, grpc.StatusCode.INTERNAL),
 )
@@ -93,11 +112,100 @@ def model_to_proto(model: Model) -> common_pb2.Model:
     )
 
 
+_EVENT_TYPES = {
+    EventType.PROGRESS: registry_pb2.TRANSFER_EVENT_TYPE_PROGRESS,
+    EventType.SUCCESS: registry_pb2.TRANSFER_EVENT_TYPE_SUCCESS,
+    EventType.WARNING: registry_pb2.TRANSFER_EVENT_TYPE_WARNING,
+    EventType.ERROR: registry_pb2.TRANSFER_EVENT_TYPE_ERROR,
+}
+
+
+def event_to_proto(event: TransferEvent) -> registry_pb2.TransferProgress:
+    message = registry_pb2.TransferProgress(
+        type=_EVENT_TYPES[event.type],
+        message=event.message,
+        total=event.total,
+        mode=event.mode,
+        error_code=event.error_code,
+    )
+    if event.layer is not None:
+        message.layer.CopyFrom(
+            registry_pb2.LayerProgress(
+                id=event.layer.id, size=event.layer.size, current=event.layer.current
+            )
+        )
+    if event.model is not None:
+        message.model.CopyFrom(model_to_proto(event.model))
+    return message
+
+
+def _credentials(message: registry_pb2.RegistryCredentials) -> Credentials:
+    return Credentials(
+        bearer_token=message.bearer_token, username=message.username, password=message.password
+    )
+
+
+async def _transfer(
+    context: _Context, events: AsyncIterator[TransferEvent], mode: str
+) -> AsyncIterator[registry_pb2.TransferProgress]:
+    """Errors before the first event abort with a status; later ones end with an ERROR event."""
+    started = False
+    try:
+        async for event in events:
+            started = True
+            yield event_to_proto(event)
+    except RegistryError as error:
+        if not started:
+            await _abort(context, error)
+        code = _status_for(error)
+        _log.warning("%s failed midway: %s", mode, error)
+        yield event_to_proto(TransferEvent(EventType.ERROR, str(error), mode, error_code=code.name))
+    except (OSError, httpx.HTTPError) as error:
+        # A full disk or an unexpected transport failure: still a DMR error line, not a reset.
+        if not started:
+            raise
+        _log.exception("%s failed midway", mode)
+        yield event_to_proto(
+            TransferEvent(
+                EventType.ERROR,
+                f"{type(error).__name__}: {error}",
+                mode,
+                error_code=grpc.StatusCode.INTERNAL.name,
+            )
+        )
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, store: ModelStore, packager: Packager, *, fetch_chunk_bytes: int) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        packager: Packager,
+        *,
+        puller: Puller,
+        pusher: Pusher,
+        fetch_chunk_bytes: int,
+    ) -> None:
         self._store = store
         self._packager = packager
+        self._puller = puller
+        self._pusher = pusher
         self._fetch_chunk_bytes = fetch_chunk_bytes
+
+    async def Pull(
+        self, request: registry_pb2.PullRequest, context: _Context
+    ) -> AsyncIterator[registry_pb2.TransferProgress]:
+        events = self._puller.pull(request.reference, _credentials(request.credentials))
+        async for message in _transfer(context, events, "pull"):
+            yield message
+
+    async def Push(
+        self, request: registry_pb2.PushRequest, context: _Context
+    ) -> AsyncIterator[registry_pb2.TransferProgress]:
+        events = self._pusher.push(
+            request.reference, request.target, _credentials(request.credentials)
+        )
+        async for message in _transfer(context, events, "push"):
+            yield message
 
     async def Package(
         self, request: registry_pb2.PackageRequest, context: _Context

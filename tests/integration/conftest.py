@@ -42,10 +42,13 @@ def worker_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stack_factory(
     tmp_path_factory: pytest.TempPathFactory, gguf_path: Path, worker_cache: Path
 ) -> StackFactory:
-    """Start a whole stack with extra environment; it is stopped (by PID) when the block exits."""
+    """Start a whole stack with extra environment, with or without the bundled model in its
+    store; it is stopped (by PID) when the block exits."""
 
     @asynccontextmanager
-    async def start(env: Mapping[str, str] | None = None) -> AsyncIterator[LocalStack]:
+    async def start(
+        env: Mapping[str, str] | None = None, *, bundled: bool = True
+    ) -> AsyncIterator[LocalStack]:
         root = tmp_path_factory.mktemp("stack")
         environ = {
             **os.environ,
@@ -63,7 +66,7 @@ def stack_factory(
         }
         settings = StackSettings.from_env(environ)
         assert settings.bundled_model == BUNDLED_MODEL
-        async with LocalStack(settings, environ, gguf_path) as stack:
+        async with LocalStack(settings, environ, gguf_path if bundled else None) as stack:
             yield stack
 
     return start

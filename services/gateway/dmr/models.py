@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CreateRequest", "UnloadRequest"]
+__all__ = ["CreateRequest", "PushBody", "UnloadRequest"]
 
 
 class UnloadRequest(BaseModel):
@@ -23,4 +23,12 @@ class CreateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     source: str = Field(alias="from", min_length=1)
+    bearer_token: str = Field(default="", alias="bearer-token")
+
+
+class PushBody(BaseModel):
+    """`POST /models/{name}/push`: optional `{"bearer-token": "..."}`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
     bearer_token: str = Field(default="", alias="bearer-token")

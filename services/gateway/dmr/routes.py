@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import TypeVar
 
 import orjson
 import pydantic
@@ -10,21 +11,25 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from modelrunner.v1 import registry_pb2
 from services.common.reference import InvalidReference, parse_reference
 from services.gateway import errors
 from services.gateway.bodies import read_body
 from services.gateway.context import GatewayContext
-from services.gateway.dmr.models import CreateRequest, UnloadRequest
+from services.gateway.dmr.models import CreateRequest, PushBody, UnloadRequest
+from services.gateway.dmr.transfers import stream_transfer
 from services.gateway.models_view import BACKEND_NAME, dmr_model, placement_status
 from services.gateway.responses import json_response
 
 __all__ = ["build_router"]
 
+_Body = TypeVar("_Body", bound=pydantic.BaseModel)
+
 _RUNNING = "Docker Model Runner is running"
 _TRUE = {"", "1", "true", "t", "yes"}
 _FALSE = {"0", "false", "f", "no"}
 # Model actions DMR has that this gateway's registry API does not offer (yet).
-_UNSUPPORTED_ACTIONS = {"load", "push", "repackage", "purge"}
+_UNSUPPORTED_ACTIONS = {"load", "repackage", "purge"}
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -59,28 +64,35 @@ def build_router(context: GatewayContext) -> APIRouter:
 
     @router.post("/models/create")
     async def create_model(request: Request) -> Response:
-        """DMR's pull. A model already in the store answers like DMR's cache hit; pulling from a
-        remote registry is not available yet, which is said with 501 before anything streams."""
-        body = await read_body(request, context.settings.max_body_bytes)
+        """DMR's pull. A model whose tag is already in the store answers DMR's cache-hit line
+        without asking the network (so it works offline); anything else is pulled."""
+        create = await _read_body_model(request, CreateRequest, context.settings.max_body_bytes)
         try:
-            create = CreateRequest.model_validate(orjson.loads(body))
             wanted = parse_reference(create.source).familiar
-        except orjson.JSONDecodeError as exc:
-            raise errors.InvalidRequest(f"request body is not valid JSON: {exc}") from None
-        except pydantic.ValidationError as exc:
-            raise errors.InvalidRequest(f"invalid create request: {_first_error(exc)}") from None
         except InvalidReference as exc:
             raise errors.InvalidRequest(f"Invalid model reference: {exc}", param="from") from None
         model = None
         with contextlib.suppress(errors.NotFound), errors.translate_rpc_errors("registry"):
             model = await context.registry.inspect_model(wanted)
-        if model is None or wanted not in model.tags:
-            raise errors.Unimplemented(
-                f"{wanted} is not in the local store and pulling from remote registries is not "
-                "available yet; package a GGUF file into the store instead"
-            )
-        line = {"type": "success", "message": f"Using cached model: {model.config.size}"}
-        return Response(orjson.dumps(line) + b"\n", media_type="application/json")
+        if model is not None and wanted in model.tags:
+            line = {"type": "success", "message": f"Using cached model: {model.config.size}"}
+            return Response(orjson.dumps(line) + b"\n", media_type="application/json")
+        call = context.registry.pull(
+            wanted,
+            registry_pb2.RegistryCredentials(bearer_token=create.bearer_token),
+            timeout=context.settings.transfer_timeout,
+        )
+        return await stream_transfer(request, call, "pull")
+
+    @router.post("/models/{name:path}/push")
+    async def push_model(name: str, request: Request) -> Response:
+        push = await _read_body_model(request, PushBody, context.settings.max_body_bytes)
+        call = context.registry.push(
+            name,
+            registry_pb2.RegistryCredentials(bearer_token=push.bearer_token),
+            timeout=context.settings.transfer_timeout,
+        )
+        return await stream_transfer(request, call, "push")
 
     @router.post("/models/{name:path}/tag", status_code=201)
     async def tag_model(name: str, request: Request) -> Response:
@@ -112,7 +124,7 @@ def build_router(context: GatewayContext) -> APIRouter:
     @router.delete("/models/{name:path}")
     async def delete_model(name: str, request: Request) -> Response:
         force = _flag(request, "force")
-        with errors.translate_rpc_errors("registry", precondition_conflict=True):
+        with errors.translate_rpc_errors("registry", precondition=errors.Conflict):
             reply = await context.registry.delete_model(name, force=force)
         actions = [{"Untagged": tag} for tag in reply.untagged]
         actions.extend({"Deleted": model_id} for model_id in reply.deleted)
@@ -130,13 +142,7 @@ def build_router(context: GatewayContext) -> APIRouter:
 
     @router.post("/engines/unload")
     async def engines_unload(request: Request) -> Response:
-        body = await read_body(request, context.settings.max_body_bytes)
-        try:
-            unload = UnloadRequest.model_validate(orjson.loads(body) if body.strip() else {})
-        except orjson.JSONDecodeError as exc:
-            raise errors.InvalidRequest(f"request body is not valid JSON: {exc}") from None
-        except pydantic.ValidationError as exc:
-            raise errors.InvalidRequest(f"invalid unload request: {_first_error(exc)}") from None
+        unload = await _read_body_model(request, UnloadRequest, context.settings.max_body_bytes)
         if unload.backend not in ("", BACKEND_NAME):
             # Nothing runs on backends this gateway does not have.
             return json_response({"unloaded_runners": 0})
@@ -149,6 +155,17 @@ def build_router(context: GatewayContext) -> APIRouter:
         return json_response({"unloaded_runners": count})
 
     return router
+
+
+async def _read_body_model(request: Request, model: type[_Body], limit: int) -> _Body:
+    """A JSON body parsed into `model`; an empty body counts as `{}`. 400 when it does not fit."""
+    body = await read_body(request, limit)
+    try:
+        return model.model_validate(orjson.loads(body) if body.strip() else {})
+    except orjson.JSONDecodeError as exc:
+        raise errors.InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except pydantic.ValidationError as exc:
+        raise errors.InvalidRequest(f"invalid request body: {_first_error(exc)}") from None
 
 
 def _first_error(exc: pydantic.ValidationError) -> str:

@@ -181,6 +181,12 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
     models: list[common_pb2.Model] = field(default_factory=list)
     tag_requests: list[registry_pb2.TagModelRequest] = field(default_factory=list)
     delete_requests: list[registry_pb2.DeleteModelRequest] = field(default_factory=list)
+    # Pull/Push: the progress messages to send, then (optionally) a status to end with.
+    transfer_events: list[registry_pb2.TransferProgress] = field(default_factory=list)
+    transfer_failure: tuple[grpc.StatusCode, str] | None = None
+    transfer_requests: list[registry_pb2.PullRequest | registry_pb2.PushRequest] = field(
+        default_factory=list
+    )
 
     def _find(self, reference: str) -> common_pb2.Model | None:
         try:
@@ -237,3 +243,24 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
             )
         self.models.remove(model)
         return registry_pb2.DeleteModelResponse(untagged=list(model.tags), deleted=[model.id])
+
+    async def _transfer(
+        self,
+        request: registry_pb2.PullRequest | registry_pb2.PushRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        self.transfer_requests.append(request)
+        for event in self.transfer_events:
+            await context.write(event)
+        if self.transfer_failure is not None:
+            await context.abort(*self.transfer_failure)
+
+    async def Pull(  # type: ignore[override]
+        self, request: registry_pb2.PullRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._transfer(request, context)
+
+    async def Push(  # type: ignore[override]
+        self, request: registry_pb2.PushRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._transfer(request, context)

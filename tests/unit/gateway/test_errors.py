@@ -24,6 +24,9 @@ def rpc_error(code: grpc.StatusCode, details: str = "details") -> grpc.aio.AioRp
         (grpc.StatusCode.FAILED_PRECONDITION, RpcStep.ASSIGN, 400),
         (grpc.StatusCode.FAILED_PRECONDITION, RpcStep.MANAGEMENT, 400),
         (grpc.StatusCode.ALREADY_EXISTS, RpcStep.MANAGEMENT, 409),
+        (grpc.StatusCode.UNAUTHENTICATED, RpcStep.MANAGEMENT, 401),
+        (grpc.StatusCode.PERMISSION_DENIED, RpcStep.MANAGEMENT, 403),
+        (grpc.StatusCode.DATA_LOSS, RpcStep.MANAGEMENT, 502),
         (grpc.StatusCode.UNAVAILABLE, RpcStep.ASSIGN, 503),
         (grpc.StatusCode.UNAVAILABLE, RpcStep.MANAGEMENT, 503),
         (grpc.StatusCode.UNAVAILABLE, RpcStep.GENERATE, 502),
@@ -49,9 +52,15 @@ def test_failed_precondition_is_a_conflict_where_the_caller_says_so() -> None:
     err = errors.from_rpc_error(
         rpc_error(grpc.StatusCode.FAILED_PRECONDITION),
         RpcStep.MANAGEMENT,
-        precondition_conflict=True,
+        precondition=errors.Conflict,
     )
     assert err.status_code == 409
+    unprocessable = errors.from_rpc_error(
+        rpc_error(grpc.StatusCode.FAILED_PRECONDITION),
+        RpcStep.MANAGEMENT,
+        precondition=errors.Unprocessable,
+    )
+    assert unprocessable.status_code == 422
 
 
 @pytest.mark.parametrize(("retry_after", "header"), [(1.0, "1"), (2.5, "3"), (0.0, "1")])
@@ -95,5 +104,5 @@ def test_error_body_and_sse_event_shapes() -> None:
 
 def test_translate_rpc_errors_raises_gateway_errors() -> None:
     with pytest.raises(errors.Conflict):
-        with errors.translate_rpc_errors("registry", precondition_conflict=True):
+        with errors.translate_rpc_errors("registry", precondition=errors.Conflict):
             raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import grpc
 import httpx
 import pytest
 
-from modelrunner.v1 import common_pb2, scheduler_pb2
+from modelrunner.v1 import common_pb2, registry_pb2, scheduler_pb2
 from services.gateway.config import GatewaySettings
 from tests.support.processes import free_port
 from tests.unit.gateway.conftest import Neighbours, asgi_client
@@ -195,7 +196,7 @@ async def test_tag_unknown_model_is_404(client: httpx.AsyncClient) -> None:
 
 
 async def test_unsupported_model_actions_are_501(client: httpx.AsyncClient) -> None:
-    response = await client.post("/models/ai/smollm2/push")
+    response = await client.post("/models/ai/smollm2/repackage")
 
     assert response.status_code == 501
     error_of(response)
@@ -216,14 +217,95 @@ async def test_create_of_a_stored_model_is_a_cache_hit(
     }
 
 
-async def test_create_of_a_missing_model_says_pull_is_unavailable(
-    client: httpx.AsyncClient,
-) -> None:
-    # "other/smollm2" partially matches nothing stored under that exact tag.
-    response = await client.post("/models/create", json={"from": "other/smollm2"})
+def _progress(current: int) -> registry_pb2.TransferProgress:
+    return registry_pb2.TransferProgress(
+        type=registry_pb2.TRANSFER_EVENT_TYPE_PROGRESS,
+        message=f"Downloaded: {current} B",
+        total=100,
+        layer=registry_pb2.LayerProgress(id="sha256:" + "cd" * 32, size=100, current=current),
+        mode="pull",
+    )
 
-    assert response.status_code == 501
-    assert "not in the local store" in str(error_of(response)["message"])
+
+async def test_create_of_a_missing_model_streams_the_pull(
+    client: httpx.AsyncClient, neighbours: Neighbours
+) -> None:
+    neighbours.registry.transfer_events = [
+        _progress(40),
+        _progress(100),
+        registry_pb2.TransferProgress(
+            type=registry_pb2.TRANSFER_EVENT_TYPE_SUCCESS,
+            message="Model pulled successfully",
+            total=100,
+            mode="pull",
+        ),
+    ]
+    response = await client.post(
+        "/models/create",
+        json={"from": "localhost:5000/team/model:v1", "bearer-token": "secret"},
+        headers={"Accept": "application/json"},
+    )
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    lines = [httpx.Response(200, content=line).json() for line in response.text.splitlines()]
+    assert [line["type"] for line in lines] == ["progress", "progress", "success"]
+    assert lines[0]["layer"] == {"id": "sha256:" + "cd" * 32, "size": 100, "current": 40}
+    assert lines[0]["total"] == 100 and lines[0]["mode"] == "pull"
+    (request,) = neighbours.registry.transfer_requests
+    assert isinstance(request, registry_pb2.PullRequest)
+    assert request.reference == "localhost:5000/team/model:v1"
+    assert request.credentials.bearer_token == "secret"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (grpc.StatusCode.NOT_FOUND, 404),
+        (grpc.StatusCode.UNAUTHENTICATED, 401),
+        (grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (grpc.StatusCode.FAILED_PRECONDITION, 422),
+        (grpc.StatusCode.UNAVAILABLE, 503),
+    ],
+)
+async def test_pull_failing_before_progress_gets_its_status(
+    client: httpx.AsyncClient, neighbours: Neighbours, code: grpc.StatusCode, status: int
+) -> None:
+    neighbours.registry.transfer_failure = (code, "the reason")
+    response = await client.post("/models/create", json={"from": "other/model"})
+
+    assert response.status_code == status
+    assert "the reason" in str(error_of(response)["message"])
+
+
+async def test_pull_failing_midway_ends_with_an_error_line(
+    client: httpx.AsyncClient, neighbours: Neighbours
+) -> None:
+    neighbours.registry.transfer_events = [_progress(40)]
+    neighbours.registry.transfer_failure = (grpc.StatusCode.DATA_LOSS, "digest mismatch")
+    response = await client.post("/models/create", json={"from": "other/model"})
+
+    assert response.status_code == 200
+    lines = [httpx.Response(200, content=line).json() for line in response.text.splitlines()]
+    assert [line["type"] for line in lines] == ["progress", "error"]
+    assert "digest mismatch" in lines[-1]["message"]
+
+
+async def test_push_streams_progress(client: httpx.AsyncClient, neighbours: Neighbours) -> None:
+    neighbours.registry.transfer_events = [
+        registry_pb2.TransferProgress(
+            type=registry_pb2.TRANSFER_EVENT_TYPE_SUCCESS,
+            message="Model pushed successfully",
+            mode="push",
+        )
+    ]
+    response = await client.post("/models/ai/smollm2/push")
+
+    assert response.status_code == 200
+    assert response.text.splitlines() and '"success"' in response.text
+    (request,) = neighbours.registry.transfer_requests
+    assert isinstance(request, registry_pb2.PushRequest)
+    assert request.reference == "ai/smollm2"
 
 
 @pytest.mark.parametrize(

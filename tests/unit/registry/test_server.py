@@ -44,6 +44,7 @@ async def serving(
     finally:
         await channel.close()
         await app.server.stop(grace=1.0)
+        await app.close()
 
 
 @pytest.fixture(scope="module")
