@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 
 export LLAMA_CPP_BUILD_JOBS
 
-.PHONY: help system-deps install build llama-server model protos run test test-unit test-integration lint bench clean
+.PHONY: help system-deps install build llama-server model protos run test test-unit test-integration lint bench bench-registry clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ lint: install ## ruff and mypy --strict
 
 bench: install model ## Gateway vs direct llama-server throughput and TTFT
 	$(PY) bench/gateway_overhead.py --gguf $(MODEL_FILE)
+
+bench-registry: install model ## Registry pull/push vs curl of the same blob, with RSS
+	$(PY) bench/registry_transfer.py --gguf $(MODEL_FILE)
 
 clean: ## Remove the virtualenv, caches and build outputs (not the model store)
 	rm -rf $(VENV) $(CACHE) .pytest_cache .mypy_cache .ruff_cache *.egg-info
