@@ -76,6 +76,81 @@ class PackageRequest(_message.Message):
 Global___PackageRequest: _TypeAlias = PackageRequest  # noqa: Y015
 
 @_typing.final
+class PackageUploadHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    GGUF_NAME_FIELD_NUMBER: _builtins.int
+    GGUF_SIZE_FIELD_NUMBER: _builtins.int
+    LICENSE_FIELD_NUMBER: _builtins.int
+    CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
+    tag: _builtins.str
+    """Reference to tag the result with, e.g. "myorg/smollm2:v1"."""
+    context_size: _builtins.int
+    """Overrides the context size read from the GGUF; 0 keeps it."""
+    gguf_name: _builtins.str
+    """File name recorded in the GGUF layer's annotations; "model.gguf" when empty."""
+    gguf_size: _builtins.int
+    """Size of the GGUF in bytes when the sender knows it (0: unknown). A different byte count is
+    refused as a truncated (or overlong) upload.
+    """
+    license: _builtins.bytes
+    """Optional small files, packaged as license and chat-template layers when non-empty."""
+    chat_template: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        tag: _builtins.str = ...,
+        context_size: _builtins.int = ...,
+        gguf_name: _builtins.str = ...,
+        gguf_size: _builtins.int = ...,
+        license: _builtins.bytes = ...,
+        chat_template: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_template", b"chat_template", "context_size", b"context_size", "gguf_name", b"gguf_name", "gguf_size", b"gguf_size", "license", b"license", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PackageUploadHeader: _TypeAlias = PackageUploadHeader  # noqa: Y015
+
+@_typing.final
+class PackageUploadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    GGUF_CHUNK_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    gguf_chunk: _builtins.bytes
+    """Then: the next bytes of the GGUF."""
+    end: _builtins.bool
+    """Last message: the whole GGUF was sent. Required, because a cancelled client call looks
+    like a finished stream to the servicer; without it a cut-off upload could be packaged.
+    """
+    @_builtins.property
+    def header(self) -> Global___PackageUploadHeader:
+        """First message only."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___PackageUploadHeader | None = ...,
+        gguf_chunk: _builtins.bytes = ...,
+        end: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "gguf_chunk", b"gguf_chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "gguf_chunk", b"gguf_chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "gguf_chunk", "end"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___PackageUploadRequest: _TypeAlias = PackageUploadRequest  # noqa: Y015
+
+@_typing.final
 class PackageResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -240,6 +315,45 @@ class DeleteModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteModelResponse: _TypeAlias = DeleteModelResponse  # noqa: Y015
+
+@_typing.final
+class PurgeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeRequest: _TypeAlias = PurgeRequest  # noqa: Y015
+
+@_typing.final
+class PurgeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_MODELS_FIELD_NUMBER: _builtins.int
+    DELETED_BLOBS_FIELD_NUMBER: _builtins.int
+    deleted_models: _builtins.int
+    """Models (manifests) removed from the index."""
+    deleted_blobs: _builtins.int
+    """Blobs removed (manifests, configs and layers)."""
+    def __init__(
+        self,
+        *,
+        deleted_models: _builtins.int = ...,
+        deleted_blobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_blobs", b"deleted_blobs", "deleted_models", b"deleted_models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeResponse: _TypeAlias = PurgeResponse  # noqa: Y015
 
 @_typing.final
 class FetchBlobRequest(_message.Message):

@@ -40,6 +40,11 @@ class RegistryStub:
                 request_serializer=modelrunner_dot_v1_dot_registry__pb2.PackageRequest.SerializeToString,
                 response_deserializer=modelrunner_dot_v1_dot_registry__pb2.PackageResponse.FromString,
                 _registered_method=True)
+        self.PackageUpload = channel.stream_unary(
+                '/modelrunner.v1.Registry/PackageUpload',
+                request_serializer=modelrunner_dot_v1_dot_registry__pb2.PackageUploadRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_registry__pb2.PackageResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/modelrunner.v1.Registry/ListModels',
                 request_serializer=modelrunner_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
@@ -59,6 +64,11 @@ class RegistryStub:
                 '/modelrunner.v1.Registry/DeleteModel',
                 request_serializer=modelrunner_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=modelrunner_dot_v1_dot_registry__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
+        self.Purge = channel.unary_unary(
+                '/modelrunner.v1.Registry/Purge',
+                request_serializer=modelrunner_dot_v1_dot_registry__pb2.PurgeRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_registry__pb2.PurgeResponse.FromString,
                 _registered_method=True)
         self.FetchBlob = channel.unary_stream(
                 '/modelrunner.v1.Registry/FetchBlob',
@@ -87,6 +97,18 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PackageUpload(self, request_iterator, context):
+        """Package a GGUF sent over the call (DMR's `docker model package` through the API): the first
+        message is the header, then chunks of the GGUF, then `end`. The upload is written to a temp
+        file inside the store and removed on every path; bad input leaves the store untouched.
+        INVALID_ARGUMENT: bad header, not a GGUF, fewer or more bytes than `gguf_size` announced,
+        a stream that stops without `end`.
+        RESOURCE_EXHAUSTED: larger than REGISTRY_MAX_UPLOAD_BYTES.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -108,6 +130,14 @@ class RegistryServicer:
 
     def DeleteModel(self, request, context):
         """FAILED_PRECONDITION when the model has several tags and force is false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Purge(self, request, context):
+        """Remove every model and every complete blob (DMR's purge). FAILED_PRECONDITION when the store
+        directory has no `oci-layout` (it does not look like a model store).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +176,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     request_deserializer=modelrunner_dot_v1_dot_registry__pb2.PackageRequest.FromString,
                     response_serializer=modelrunner_dot_v1_dot_registry__pb2.PackageResponse.SerializeToString,
             ),
+            'PackageUpload': grpc.stream_unary_rpc_method_handler(
+                    servicer.PackageUpload,
+                    request_deserializer=modelrunner_dot_v1_dot_registry__pb2.PackageUploadRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_registry__pb2.PackageResponse.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=modelrunner_dot_v1_dot_registry__pb2.ListModelsRequest.FromString,
@@ -165,6 +200,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=modelrunner_dot_v1_dot_registry__pb2.DeleteModelRequest.FromString,
                     response_serializer=modelrunner_dot_v1_dot_registry__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'Purge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Purge,
+                    request_deserializer=modelrunner_dot_v1_dot_registry__pb2.PurgeRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_registry__pb2.PurgeResponse.SerializeToString,
             ),
             'FetchBlob': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchBlob,
@@ -208,6 +248,33 @@ class Registry:
             target,
             '/modelrunner.v1.Registry/Package',
             modelrunner_dot_v1_dot_registry__pb2.PackageRequest.SerializeToString,
+            modelrunner_dot_v1_dot_registry__pb2.PackageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PackageUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/modelrunner.v1.Registry/PackageUpload',
+            modelrunner_dot_v1_dot_registry__pb2.PackageUploadRequest.SerializeToString,
             modelrunner_dot_v1_dot_registry__pb2.PackageResponse.FromString,
             options,
             channel_credentials,
@@ -317,6 +384,33 @@ class Registry:
             '/modelrunner.v1.Registry/DeleteModel',
             modelrunner_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
             modelrunner_dot_v1_dot_registry__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Purge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.Registry/Purge',
+            modelrunner_dot_v1_dot_registry__pb2.PurgeRequest.SerializeToString,
+            modelrunner_dot_v1_dot_registry__pb2.PurgeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,12 +34,24 @@ class RegistryStub:
     def __new__(cls, channel: _aio.Channel) -> RegistryAsyncStub: ...
     Package: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PackageRequest, _registry_pb2.PackageResponse]
     """Turn a local GGUF file into a DMR-compatible artifact and tag it."""
+    PackageUpload: _grpc.StreamUnaryMultiCallable[_registry_pb2.PackageUploadRequest, _registry_pb2.PackageResponse]
+    """Package a GGUF sent over the call (DMR's `docker model package` through the API): the first
+    message is the header, then chunks of the GGUF, then `end`. The upload is written to a temp
+    file inside the store and removed on every path; bad input leaves the store untouched.
+    INVALID_ARGUMENT: bad header, not a GGUF, fewer or more bytes than `gguf_size` announced,
+    a stream that stops without `end`.
+    RESOURCE_EXHAUSTED: larger than REGISTRY_MAX_UPLOAD_BYTES.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]
     InspectModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.InspectModelRequest, _common_pb2.Model]
     """Resolve a tag, a partial name ("smollm2") or an id to a model. NOT_FOUND when absent."""
     TagModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.TagModelRequest, _registry_pb2.TagModelResponse]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]
     """FAILED_PRECONDITION when the model has several tags and force is false."""
+    Purge: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PurgeRequest, _registry_pb2.PurgeResponse]
+    """Remove every model and every complete blob (DMR's purge). FAILED_PRECONDITION when the store
+    directory has no `oci-layout` (it does not look like a model store).
+    """
     FetchBlob: _grpc.UnaryStreamMultiCallable[_registry_pb2.FetchBlobRequest, _registry_pb2.BlobChunk]
     """Stream a blob from `offset`; the first message carries the total size."""
     Pull: _grpc.UnaryStreamMultiCallable[_registry_pb2.PullRequest, _registry_pb2.TransferProgress]
@@ -58,12 +70,24 @@ class RegistryAsyncStub(RegistryStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Package: _aio.UnaryUnaryMultiCallable[_registry_pb2.PackageRequest, _registry_pb2.PackageResponse]  # type: ignore[assignment]
     """Turn a local GGUF file into a DMR-compatible artifact and tag it."""
+    PackageUpload: _aio.StreamUnaryMultiCallable[_registry_pb2.PackageUploadRequest, _registry_pb2.PackageResponse]  # type: ignore[assignment]
+    """Package a GGUF sent over the call (DMR's `docker model package` through the API): the first
+    message is the header, then chunks of the GGUF, then `end`. The upload is written to a temp
+    file inside the store and removed on every path; bad input leaves the store untouched.
+    INVALID_ARGUMENT: bad header, not a GGUF, fewer or more bytes than `gguf_size` announced,
+    a stream that stops without `end`.
+    RESOURCE_EXHAUSTED: larger than REGISTRY_MAX_UPLOAD_BYTES.
+    """
     ListModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]  # type: ignore[assignment]
     InspectModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.InspectModelRequest, _common_pb2.Model]  # type: ignore[assignment]
     """Resolve a tag, a partial name ("smollm2") or an id to a model. NOT_FOUND when absent."""
     TagModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.TagModelRequest, _registry_pb2.TagModelResponse]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]  # type: ignore[assignment]
     """FAILED_PRECONDITION when the model has several tags and force is false."""
+    Purge: _aio.UnaryUnaryMultiCallable[_registry_pb2.PurgeRequest, _registry_pb2.PurgeResponse]  # type: ignore[assignment]
+    """Remove every model and every complete blob (DMR's purge). FAILED_PRECONDITION when the store
+    directory has no `oci-layout` (it does not look like a model store).
+    """
     FetchBlob: _aio.UnaryStreamMultiCallable[_registry_pb2.FetchBlobRequest, _registry_pb2.BlobChunk]  # type: ignore[assignment]
     """Stream a blob from `offset`; the first message carries the total size."""
     Pull: _aio.UnaryStreamMultiCallable[_registry_pb2.PullRequest, _registry_pb2.TransferProgress]  # type: ignore[assignment]
@@ -85,6 +109,20 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.PackageResponse, _abc.Awaitable[_registry_pb2.PackageResponse]]:
         """Turn a local GGUF file into a DMR-compatible artifact and tag it."""
+
+    @_abc_1.abstractmethod
+    def PackageUpload(
+        self,
+        request_iterator: _MaybeAsyncIterator[_registry_pb2.PackageUploadRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.PackageResponse, _abc.Awaitable[_registry_pb2.PackageResponse]]:
+        """Package a GGUF sent over the call (DMR's `docker model package` through the API): the first
+        message is the header, then chunks of the GGUF, then `end`. The upload is written to a temp
+        file inside the store and removed on every path; bad input leaves the store untouched.
+        INVALID_ARGUMENT: bad header, not a GGUF, fewer or more bytes than `gguf_size` announced,
+        a stream that stops without `end`.
+        RESOURCE_EXHAUSTED: larger than REGISTRY_MAX_UPLOAD_BYTES.
+        """
 
     @_abc_1.abstractmethod
     def ListModels(
@@ -115,6 +153,16 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeleteModelResponse, _abc.Awaitable[_registry_pb2.DeleteModelResponse]]:
         """FAILED_PRECONDITION when the model has several tags and force is false."""
+
+    @_abc_1.abstractmethod
+    def Purge(
+        self,
+        request: _registry_pb2.PurgeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.PurgeResponse, _abc.Awaitable[_registry_pb2.PurgeResponse]]:
+        """Remove every model and every complete blob (DMR's purge). FAILED_PRECONDITION when the store
+        directory has no `oci-layout` (it does not look like a model store).
+        """
 
     @_abc_1.abstractmethod
     def FetchBlob(

@@ -60,6 +60,15 @@ class RegistryClient:
             timeout=self._timeout,
         )
 
+    async def purge(self) -> registry_pb2.PurgeResponse:
+        return await self._stub.Purge(registry_pb2.PurgeRequest(), timeout=self._timeout)
+
+    def package_upload(
+        self, *, timeout: float
+    ) -> grpc.aio.StreamUnaryCall[registry_pb2.PackageUploadRequest, registry_pb2.PackageResponse]:
+        """An upload call: the caller writes the header, then the chunks, then awaits the reply."""
+        return self._stub.PackageUpload(timeout=timeout)
+
     def pull(
         self, reference: str, credentials: registry_pb2.RegistryCredentials, *, timeout: float
     ) -> grpc.aio.UnaryStreamCall[registry_pb2.PullRequest, registry_pb2.TransferProgress]:

@@ -24,10 +24,13 @@ class GatewaySettings:
     assign_timeout: float = 330.0
     # Model management and engine calls (list, inspect, tag, delete, ps, unload).
     rpc_timeout: float = 30.0
-    # A whole pull or push through the registry (POST /models/create, /models/{name}/push).
+    # A whole pull, push or package upload through the registry (POST /models/create,
+    # /models/{name}/push, /models/package).
     transfer_timeout: float = 3600.0
     # DMR's limit for inference bodies.
     max_body_bytes: int = 10 * _MIB
+    # Size of each message relaying an uploaded GGUF (POST /models/package) to the registry.
+    upload_chunk_bytes: int = _MIB
     # Non-streaming answers are collected before they are sent; this bounds that buffer.
     max_response_bytes: int = 256 * _MIB
     # Fresh Assigns after a worker answered UNAVAILABLE before the response head.
@@ -69,6 +72,9 @@ class GatewaySettings:
                 env, "GATEWAY_TRANSFER_TIMEOUT", defaults.transfer_timeout
             ),
             max_body_bytes=env_int(env, "GATEWAY_MAX_BODY_BYTES", defaults.max_body_bytes),
+            upload_chunk_bytes=env_int(
+                env, "GATEWAY_UPLOAD_CHUNK_BYTES", defaults.upload_chunk_bytes
+            ),
             max_response_bytes=env_int(
                 env, "GATEWAY_MAX_RESPONSE_BYTES", defaults.max_response_bytes
             ),
@@ -122,6 +128,9 @@ class GatewaySettings:
         for name, value in non_negative.items():
             if value < 0:
                 raise SettingError(f"{name} must not be negative, got {value}")
+        # Half the shared 64 MiB gRPC message limit leaves room for the message's framing.
+        if not 1 <= self.upload_chunk_bytes <= 32 * _MIB:
+            raise SettingError("GATEWAY_UPLOAD_CHUNK_BYTES must be between 1 and 33554432")
         if self.log_level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
             raise SettingError(
                 f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"

@@ -10,7 +10,9 @@ llama-server refused the request.
     ├── NotFound                 404: unknown model, backend or route
     ├── Conflict                 409: e.g. deleting a model that has several tags
     ├── Forbidden                403: a browser Origin that is not allowed (CORS)
-    ├── PayloadTooLarge          413: body above GATEWAY_MAX_BODY_BYTES
+    ├── PayloadTooLarge          413: body above GATEWAY_MAX_BODY_BYTES (or an upload above the
+    │                            registry's REGISTRY_MAX_UPLOAD_BYTES)
+    ├── UnsupportedMediaType     415: a body in a content type the route does not take
     ├── Unimplemented            501: a DMR route this gateway does not offer
     ├── UpstreamError            502: a worker or llama-server failed
     ├── ServiceUnavailable       503: no worker, scheduler/registry down, queue full
@@ -43,6 +45,7 @@ __all__ = [
     "RpcStep",
     "ServiceUnavailable",
     "Unimplemented",
+    "UnsupportedMediaType",
     "UpstreamError",
     "UpstreamTimeout",
     "error_body",
@@ -94,6 +97,11 @@ class Conflict(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     status_code = 413
+    error_type = _INVALID
+
+
+class UnsupportedMediaType(GatewayError):
+    status_code = 415
     error_type = _INVALID
 
 

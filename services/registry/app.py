@@ -16,6 +16,7 @@ from services.registry.pull import Puller
 from services.registry.push import Pusher
 from services.registry.server import SERVICE_NAME, RegistryServicer
 from services.registry.transfer import BlobDownloader
+from services.registry.upload import Uploader
 
 __all__ = ["RegistryApp", "build_registry", "remote_http_client"]
 
@@ -61,6 +62,8 @@ async def build_registry(settings: RegistrySettings, *, clock: Clock) -> Registr
         allowed_dirs=settings.package_allowed_dirs,
         max_text_file_bytes=settings.max_text_file_bytes,
     )
+    uploader = Uploader(settings.models_path, packager, max_upload_bytes=settings.max_upload_bytes)
+    await uploader.initialize()
     remote = settings.remote
     http = remote_http_client(remote)
     puller = Puller(
@@ -81,6 +84,7 @@ async def build_registry(settings: RegistrySettings, *, clock: Clock) -> Registr
             packager,
             puller=puller,
             pusher=pusher,
+            uploader=uploader,
             fetch_chunk_bytes=settings.fetch_chunk_bytes,
         ),
         server.server,

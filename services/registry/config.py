@@ -154,6 +154,8 @@ class RegistrySettings:
     max_text_file_bytes: int = 16 * _MIB
     # Partial blobs (`<hex>.incomplete`) older than this are removed at start-up (DMR: 7 days).
     incomplete_max_age: float = 7 * _DAY
+    # Largest GGUF PackageUpload accepts (64 GiB).
+    max_upload_bytes: int = 64 * 1024 * _MIB
     # Directories Package may read from; empty means any path the registry can read.
     package_allowed_dirs: tuple[Path, ...] = ()
     log_level: str = "INFO"
@@ -179,6 +181,7 @@ class RegistrySettings:
             incomplete_max_age=env_duration(
                 env, "REGISTRY_INCOMPLETE_MAX_AGE", defaults.incomplete_max_age
             ),
+            max_upload_bytes=env_int(env, "REGISTRY_MAX_UPLOAD_BYTES", defaults.max_upload_bytes),
             package_allowed_dirs=_dirs(env.get("REGISTRY_PACKAGE_ALLOWED_DIRS", "")),
             log_level=env_str(env, "LOG_LEVEL", defaults.log_level),
             remote=RemoteSettings.from_env(env),
@@ -194,6 +197,7 @@ class RegistrySettings:
             ("REGISTRY_IO_CHUNK_BYTES", self.io_chunk_bytes),
             ("REGISTRY_MAX_METADATA_BYTES", self.max_metadata_bytes),
             ("REGISTRY_MAX_TEXT_FILE_BYTES", self.max_text_file_bytes),
+            ("REGISTRY_MAX_UPLOAD_BYTES", self.max_upload_bytes),
         ):
             if value < 1:
                 raise SettingError(f"{name} must be positive, got {value}")

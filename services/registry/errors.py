@@ -11,13 +11,15 @@ one gRPC status, so the tree below is also the contract clients see:
     │   ├── BlobNotFound          no blob with that digest in the store
     │   ├── SourceFileNotFound    the path given to Package does not exist
     │   └── RemoteNotFound        the upstream registry has no such repository/manifest/blob
-    ├── Conflict                  FAILED_PRECONDITION: delete of a multi-tag model without force
+    ├── Conflict                  FAILED_PRECONDITION: delete of a multi-tag model without force,
+    │   │                         purge of a directory that is not a model store
     │   └── UnsupportedMediaType  the upstream artifact is not a model we read (names the type)
     ├── Unauthenticated           UNAUTHENTICATED: the upstream registry refused the credentials
     ├── RegistryUnavailable       UNAVAILABLE: upstream unreachable, 5xx/429 after the retries
     ├── RemoteProtocolError       UNAVAILABLE: upstream answered something the protocol forbids
     ├── OffsetOutOfRange          OUT_OF_RANGE: FetchBlob offset beyond the blob's size
     ├── PermissionDenied          PERMISSION_DENIED: Package path outside the allowed directories
+    ├── UploadTooLarge            RESOURCE_EXHAUSTED: PackageUpload beyond REGISTRY_MAX_UPLOAD_BYTES
     ├── DigestMismatch            ABORTED: content changed while it was written (retry)
     │   └── RemoteDigestMismatch  DATA_LOSS: upstream served bytes that do not match the digest
     └── StoreCorrupt              INTERNAL: the on-disk layout is unreadable or inconsistent
@@ -44,6 +46,7 @@ __all__ = [
     "StoreCorrupt",
     "Unauthenticated",
     "UnsupportedMediaType",
+    "UploadTooLarge",
 ]
 
 
@@ -90,6 +93,14 @@ class OffsetOutOfRange(RegistryError):
 
 class PermissionDenied(RegistryError):
     """A Package path lies outside REGISTRY_PACKAGE_ALLOWED_DIRS."""
+
+
+class UploadTooLarge(RegistryError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"upload is larger than the {limit}-byte limit (REGISTRY_MAX_UPLOAD_BYTES)"
+        )
+        self.limit = limit
 
 
 class DigestMismatch(RegistryError):

@@ -27,7 +27,7 @@ from services.registry.errors import (
     StoreCorrupt,
 )
 from services.registry.store.blobs import BlobStore
-from services.registry.store.index import Index, IndexDocument, IndexEntry
+from services.registry.store.index import LAYOUT_FILE, Index, IndexDocument, IndexEntry
 from services.registry.store.manifests import (
     CONFIG_MEDIA_TYPES,
     MEDIA_TYPE_MANIFEST,
@@ -39,7 +39,7 @@ from services.registry.store.manifests import (
 )
 from services.registry.store.pins import Pins, PinSession
 
-__all__ = ["DeleteResult", "Model", "ModelStore"]
+__all__ = ["DeleteResult", "Model", "ModelStore", "PurgeResult"]
 
 _log = logging.getLogger(__name__)
 
@@ -65,6 +65,12 @@ class DeleteResult:
         return [{"Untagged": tag} for tag in self.untagged] + [
             {"Deleted": model_id} for model_id in self.deleted
         ]
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    deleted_models: int
+    deleted_blobs: int
 
 
 @dataclass(frozen=True)
@@ -303,6 +309,36 @@ class ModelStore:
             ordered = (resolved.tag,) if resolved.tag else ()
             untagged = ordered + tuple(t for t in tags if t not in ordered)
             return DeleteResult(untagged=untagged, deleted=(digest,))
+
+    async def purge(self) -> PurgeResult:
+        """DMR's purge: empty the index, then delete every complete blob.
+
+        Refused (Conflict) when the root has no `oci-layout`, so a misconfigured MODELS_PATH
+        pointing at some other directory is never wiped. Blobs pinned by a write in progress
+        (a pull or an upload) are kept; partial downloads stay for their pull to resume.
+        """
+        async with self._mutation:
+            layout = self.root / LAYOUT_FILE
+            if not await asyncio.to_thread(layout.is_file):
+                raise Conflict(
+                    f"{self.root} has no {LAYOUT_FILE}: it does not look like a model store, "
+                    "refusing to purge it"
+                )
+            try:
+                models = len((await self._index.read()).digests())
+            except StoreCorrupt as exc:
+                _log.warning("purging a store whose index is unreadable: %s", exc)
+                models = 0
+            await self._index.reset()
+            removed = 0
+            for digest in await asyncio.to_thread(lambda: list(self.blobs.digests())):
+                async with self.blobs.lock(digest):
+                    if self._pins.is_pinned(digest):
+                        continue
+                    if await self.blobs.delete(digest):
+                        removed += 1
+            _log.info("purged %d model(s), %d blob(s)", models, removed)
+            return PurgeResult(deleted_models=models, deleted_blobs=removed)
 
     async def discard(self, candidates: Iterable[str]) -> list[str]:
         """Remove those of `candidates` that no listed model references and no writer pins."""

@@ -6,6 +6,10 @@ one raw layer per file carrying the three `org.cncf.model.*` annotations. Every 
 (exists, regular file, readable, GGUF magic or UTF-8 text) before anything is written, so bad
 input leaves the store untouched.
 
+`package_uploaded` packages files the registry wrote itself (PackageUpload): the same checks and
+artifact, but the GGUF, already hashed while it was received, is moved into the store instead of
+copied, and the Package path restrictions do not apply.
+
 `descriptor.created` is the GGUF file's modification time rather than the time of packaging, so
 packaging the same files twice yields the same config, the same manifest and so the same model id
 (DMR stamps time.Now() and gets a new id each time).
@@ -18,7 +22,7 @@ import logging
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,7 +53,7 @@ from services.registry.store.manifests import (
     go_json,
 )
 
-__all__ = ["PackageSpec", "Packager"]
+__all__ = ["PackageSpec", "Packager", "UploadedFiles"]
 
 _log = logging.getLogger(__name__)
 _INT32_MAX = 2**31 - 1
@@ -66,6 +70,18 @@ class PackageSpec:
 
 
 @dataclass(frozen=True)
+class UploadedFiles:
+    """Files an upload wrote on the store's filesystem; the uploader owns them and removes what
+    is left of them afterwards (the GGUF is moved into the store when packaging succeeds)."""
+
+    gguf_path: Path
+    # sha256 of the GGUF, computed while it was written.
+    gguf_digest: str
+    license_path: Path | None = None
+    chat_template_path: Path | None = None
+
+
+@dataclass(frozen=True)
 class _Source:
     # Resolved (symlinks followed) for reading; `name` is the basename the caller gave.
     path: Path
@@ -73,6 +89,8 @@ class _Source:
     media_type: str
     mode: int
     mtime_ns: int
+    # Set for a file the registry wrote and hashed itself: it is moved in, not copied.
+    digest: str = ""
 
 
 class Packager:
@@ -88,7 +106,7 @@ class Packager:
         self._max_text_file_bytes = max_text_file_bytes
 
     async def package(self, spec: PackageSpec) -> Model:
-        tag = self._validate_request(spec)
+        tag = self.check_request(spec.tag, spec.context_size)
         sources = [await asyncio.to_thread(self._check_gguf, spec.gguf_path)]
         if spec.license_path:
             sources.append(
@@ -100,8 +118,26 @@ class Packager:
                     self._check_text, spec.chat_template_path, MEDIA_TYPE_CHAT_TEMPLATE
                 )
             )
+        return await self._publish(tag, sources, spec.context_size)
+
+    async def package_uploaded(self, tag: str, context_size: int, files: UploadedFiles) -> Model:
+        tag = self.check_request(tag, context_size)
+        gguf = await asyncio.to_thread(self._check_gguf, str(files.gguf_path), trusted=True)
+        sources = [replace(gguf, digest=files.gguf_digest)]
+        for path, media_type in (
+            (files.license_path, MEDIA_TYPE_LICENSE),
+            (files.chat_template_path, MEDIA_TYPE_CHAT_TEMPLATE),
+        ):
+            if path is not None:
+                sources.append(
+                    await asyncio.to_thread(self._check_text, str(path), media_type, trusted=True)
+                )
+        return await self._publish(tag, sources, context_size)
+
+    async def _publish(self, tag: str, sources: list[_Source], context_size: int) -> Model:
+        """Read the GGUF's metadata, store every blob, the config and the manifest, tag it."""
         info = await asyncio.to_thread(read_gguf_info, sources[0].path)
-        context_size = spec.context_size or info.context_length
+        context_size = context_size or info.context_length
         if context_size > _INT32_MAX:
             raise InvalidModelFile(f"context length {context_size} does not fit in int32")
         written: list[str] = []
@@ -109,10 +145,13 @@ class Packager:
             with self._store.pin_session() as pins:
                 layers: list[Descriptor] = []
                 for source in sources:
-                    digest, _ = await self._store.blobs.hash_file(source.path)
+                    digest = source.digest or (await self._store.blobs.hash_file(source.path))[0]
                     pins.add(digest)
                     written.append(digest)
-                    size = await self._store.blobs.write_file(digest, source.path)
+                    if source.digest:
+                        size = await self._store.blobs.adopt_file(digest, source.path)
+                    else:
+                        size = await self._store.blobs.write_file(digest, source.path)
                     layers.append(_layer(source, digest, size))
                 config_data = build_config(_config_file(info, layers, context_size, sources[0]))
                 config_digest = sha256_digest(config_data)
@@ -130,27 +169,32 @@ class Packager:
         return model
 
     @staticmethod
-    def _validate_request(spec: PackageSpec) -> str:
-        if not spec.tag.strip():
+    def check_request(tag: str, context_size: int) -> str:
+        """The normalized tag; InvalidArgument for a missing or bad tag or context size."""
+        if not tag.strip():
             raise InvalidArgument("a tag for the packaged model is required")
         try:
-            reference = parse_reference(spec.tag)
+            reference = parse_reference(tag)
         except InvalidReference as exc:
             raise InvalidArgument(str(exc)) from exc
         if reference.digest:
-            raise InvalidArgument(f"cannot tag with a digest reference: {spec.tag!r}")
-        if not 0 <= spec.context_size <= _INT32_MAX:
+            raise InvalidArgument(f"cannot tag with a digest reference: {tag!r}")
+        if not 0 <= context_size <= _INT32_MAX:
             raise InvalidArgument(f"context_size must be between 0 and {_INT32_MAX}")
         return reference.familiar
 
-    def _open_source(self, raw: str, what: str, media_type: str) -> _Source:
+    def _open_source(
+        self, raw: str, what: str, media_type: str, *, trusted: bool = False
+    ) -> _Source:
         if not raw.strip():
             raise InvalidArgument(f"{what} path is empty")
         if "\x00" in raw:
             raise InvalidArgument(f"{what} path contains a NUL byte")
         path = Path(raw).expanduser().resolve()
-        if self._allowed_dirs and not any(
-            path.is_relative_to(allowed.resolve()) for allowed in self._allowed_dirs
+        if (
+            not trusted
+            and self._allowed_dirs
+            and not any(path.is_relative_to(allowed.resolve()) for allowed in self._allowed_dirs)
         ):
             raise PermissionDenied(f"{what} {raw!r} is outside the directories Package may read")
         try:
@@ -169,8 +213,8 @@ class Packager:
             path, Path(raw).name, media_type, stat.S_IMODE(info.st_mode), info.st_mtime_ns
         )
 
-    def _check_gguf(self, raw: str) -> _Source:
-        source = self._open_source(raw, "GGUF file", MEDIA_TYPE_GGUF)
+    def _check_gguf(self, raw: str, *, trusted: bool = False) -> _Source:
+        source = self._open_source(raw, "GGUF file", MEDIA_TYPE_GGUF, trusted=trusted)
         try:
             is_gguf = has_gguf_magic(source.path)
         except OSError as exc:
@@ -179,9 +223,9 @@ class Packager:
             raise InvalidModelFile(f"{raw!r} is not a GGUF file (no GGUF magic number)")
         return source
 
-    def _check_text(self, raw: str, media_type: str) -> _Source:
+    def _check_text(self, raw: str, media_type: str, *, trusted: bool = False) -> _Source:
         what = "license" if media_type == MEDIA_TYPE_LICENSE else "chat template"
-        source = self._open_source(raw, what, media_type)
+        source = self._open_source(raw, what, media_type, trusted=trusted)
         limit = self._max_text_file_bytes
         try:
             with source.path.open("rb") as handle:

@@ -24,6 +24,7 @@ from services.registry.errors import (
     RemoteProtocolError,
     StoreCorrupt,
     Unauthenticated,
+    UploadTooLarge,
 )
 from services.registry.model_store import Model, ModelStore
 from services.registry.packaging import Packager, PackageSpec
@@ -31,6 +32,7 @@ from services.registry.progress import EventType, TransferEvent
 from services.registry.pull import Puller
 from services.registry.push import Pusher
 from services.registry.store.manifests import Descriptor
+from services.registry.upload import Uploader, UploadHeader
 
 __all__ = [
     "SERVICE_NAME",
@@ -53,6 +55,7 @@ _STATUS: tuple[tuple[type[RegistryError], grpc.StatusCode], ...] = (
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
     (OffsetOutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (UploadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (RegistryUnavailable, grpc.StatusCode.UNAVAILABLE),
     (RemoteProtocolError, grpc.StatusCode.UNAVAILABLE),
@@ -175,6 +178,21 @@ async def _transfer(
         )
 
 
+async def _gguf_chunks(
+    messages: AsyncIterator[registry_pb2.PackageUploadRequest],
+) -> AsyncIterator[bytes]:
+    async for message in messages:
+        part = message.WhichOneof("part")
+        if part == "end":
+            return
+        if part != "gguf_chunk":
+            raise InvalidArgument("only GGUF chunks and the end marker may follow the header")
+        yield message.gguf_chunk
+    # grpc.aio ends the request stream quietly when the client cancels: without the marker the
+    # upload may be cut short.
+    raise InvalidArgument("upload incomplete: the stream ended before its end marker")
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     def __init__(
         self,
@@ -183,10 +201,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         *,
         puller: Puller,
         pusher: Pusher,
+        uploader: Uploader,
         fetch_chunk_bytes: int,
     ) -> None:
         self._store = store
         self._packager = packager
+        self._uploader = uploader
         self._puller = puller
         self._pusher = pusher
         self._fetch_chunk_bytes = fetch_chunk_bytes
@@ -219,6 +239,34 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         )
         model = await _call(context, self._packager.package(spec))
         return registry_pb2.PackageResponse(model=model_to_proto(model))
+
+    async def PackageUpload(
+        self,
+        request_iterator: AsyncIterator[registry_pb2.PackageUploadRequest],
+        context: _Context,
+    ) -> registry_pb2.PackageResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            await _abort(context, InvalidArgument("the first message must carry the header"))
+        header = first.header
+        upload = UploadHeader(
+            tag=header.tag,
+            context_size=header.context_size,
+            gguf_name=header.gguf_name,
+            gguf_size=header.gguf_size,
+            license=header.license,
+            chat_template=header.chat_template,
+        )
+        model = await _call(context, self._uploader.receive(upload, _gguf_chunks(request_iterator)))
+        return registry_pb2.PackageResponse(model=model_to_proto(model))
+
+    async def Purge(
+        self, request: registry_pb2.PurgeRequest, context: _Context
+    ) -> registry_pb2.PurgeResponse:
+        result = await _call(context, self._store.purge())
+        return registry_pb2.PurgeResponse(
+            deleted_models=result.deleted_models, deleted_blobs=result.deleted_blobs
+        )
 
     async def ListModels(
         self, request: registry_pb2.ListModelsRequest, context: _Context

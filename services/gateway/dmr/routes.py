@@ -17,6 +17,7 @@ from services.gateway import errors
 from services.gateway.bodies import read_body
 from services.gateway.context import GatewayContext
 from services.gateway.dmr.models import CreateRequest, PushBody, UnloadRequest
+from services.gateway.dmr.package import package_upload
 from services.gateway.dmr.transfers import stream_transfer
 from services.gateway.models_view import BACKEND_NAME, dmr_model, placement_status
 from services.gateway.responses import json_response
@@ -29,7 +30,7 @@ _RUNNING = "Docker Model Runner is running"
 _TRUE = {"", "1", "true", "t", "yes"}
 _FALSE = {"0", "false", "f", "no"}
 # Model actions DMR has that this gateway's registry API does not offer (yet).
-_UNSUPPORTED_ACTIONS = {"load", "repackage", "purge"}
+_UNSUPPORTED_ACTIONS = {"load", "repackage"}
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -84,6 +85,12 @@ def build_router(context: GatewayContext) -> APIRouter:
         )
         return await stream_transfer(request, call, "pull")
 
+    # Before the `/models/{name:path}` routes, which would otherwise take "package" for a name.
+    @router.post("/models/package", status_code=201)
+    async def package_model(request: Request) -> Response:
+        """DMR's `docker model package`, the GGUF as the raw body (shape: dmr/package.py)."""
+        return await package_upload(request, context)
+
     @router.post("/models/{name:path}/push")
     async def push_model(name: str, request: Request) -> Response:
         push = await _read_body_model(request, PushBody, context.settings.max_body_bytes)
@@ -120,6 +127,15 @@ def build_router(context: GatewayContext) -> APIRouter:
         with errors.translate_rpc_errors("registry"):
             model = await context.registry.inspect_model(name)
         return json_response(dmr_model(model))
+
+    # Before `DELETE /models/{name:path}`, which would take it for a model named "purge".
+    @router.delete("/models/purge")
+    async def purge_models() -> Response:
+        with errors.translate_rpc_errors("registry", precondition=errors.Conflict):
+            reply = await context.registry.purge()
+        return json_response(
+            {"deleted_models": reply.deleted_models, "deleted_blobs": reply.deleted_blobs}
+        )
 
     @router.delete("/models/{name:path}")
     async def delete_model(name: str, request: Request) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -174,6 +175,35 @@ class BlobStore:
             return await self.write_stream(digest, self._file_chunks(handle))
         finally:
             await asyncio.to_thread(handle.close)
+
+    async def adopt_file(self, digest: str, source: Path) -> int:
+        """Move `source` in as blob `digest` by renaming it; returns the blob size.
+
+        For files the registry wrote itself on the store's filesystem and hashed while writing
+        (uploads): a rename instead of a second copy and hash of a file that may be many GiB.
+        When the blob already exists `source` is left where it is, for its owner to remove.
+        """
+        target = self.path(digest)
+        async with self.lock(digest):
+            if await asyncio.to_thread(target.is_file):
+                return (await asyncio.to_thread(target.stat)).st_size
+            try:
+                return await asyncio.to_thread(self._adopt, source, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+        # blobs/ is a mount of its own: copy (and verify) instead.
+        return await self.write_file(digest, source)
+
+    @staticmethod
+    def _adopt(source: Path, target: Path) -> int:
+        with source.open("rb") as handle:
+            os.fsync(handle.fileno())
+            size = os.fstat(handle.fileno()).st_size
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        _fsync_dir(target.parent)
+        return size
 
     async def _file_chunks(self, handle: BinaryIO) -> AsyncIterator[bytes]:
         while data := await asyncio.to_thread(handle.read, self._io_chunk_bytes):

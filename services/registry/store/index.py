@@ -239,6 +239,11 @@ class Index:
             raise StoreCorrupt(f"{self.path} is not valid JSON: {exc}") from exc
         return IndexDocument.from_json(raw)
 
+    async def reset(self) -> None:
+        """Replace the index with an empty one, even when the current one is unreadable."""
+        async with self._lock:
+            await asyncio.to_thread(_write_atomically, self.path, _encode(IndexDocument()))
+
     async def update(self, change: Callable[[IndexDocument], IndexDocument]) -> IndexDocument:
         """Apply `change` to the current index and persist the result; returns it.
 

@@ -187,6 +187,15 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
     transfer_requests: list[registry_pb2.PullRequest | registry_pb2.PushRequest] = field(
         default_factory=list
     )
+    # PackageUpload: the header and GGUF bytes received; a status to abort with once
+    # `upload_failure_after` GGUF bytes arrived (0: right after the header).
+    upload_headers: list[registry_pb2.PackageUploadHeader] = field(default_factory=list)
+    upload_chunks: list[bytes] = field(default_factory=list)
+    upload_failure: tuple[grpc.StatusCode, str] | None = None
+    upload_failure_after: int = 0
+    upload_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    purges: int = 0
+    purge_failure: tuple[grpc.StatusCode, str] | None = None
 
     def _find(self, reference: str) -> common_pb2.Model | None:
         try:
@@ -243,6 +252,48 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
             )
         self.models.remove(model)
         return registry_pb2.DeleteModelResponse(untagged=list(model.tags), deleted=[model.id])
+
+    async def PackageUpload(
+        self,
+        request_iterator: AsyncIterator[registry_pb2.PackageUploadRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> registry_pb2.PackageResponse:
+        received = 0
+        ended = False
+        try:
+            async for message in request_iterator:
+                part = message.WhichOneof("part")
+                if part == "header":
+                    self.upload_headers.append(message.header)
+                elif part == "end":
+                    ended = True
+                else:
+                    self.upload_chunks.append(message.gguf_chunk)
+                    received += len(message.gguf_chunk)
+                if self.upload_failure is not None and received >= self.upload_failure_after:
+                    await context.abort(*self.upload_failure)
+        except asyncio.CancelledError:
+            self.upload_cancelled.set()
+            raise
+        if not ended:
+            # grpc.aio ends the stream quietly when the client cancels.
+            self.upload_cancelled.set()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no end marker")
+        header = self.upload_headers[-1]
+        model = smollm2(header.tag)
+        model.config.context_size = header.context_size or model.config.context_size
+        self.models.append(model)
+        return registry_pb2.PackageResponse(model=model)
+
+    async def Purge(
+        self, request: registry_pb2.PurgeRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.PurgeResponse:
+        self.purges += 1
+        if self.purge_failure is not None:
+            await context.abort(*self.purge_failure)
+        count = len(self.models)
+        self.models.clear()
+        return registry_pb2.PurgeResponse(deleted_models=count, deleted_blobs=3 * count)
 
     async def _transfer(
         self,

@@ -68,6 +68,8 @@ def test_overrides() -> None:
         ("GATEWAY_REQUEST_TIMEOUT", "-1"),
         ("GATEWAY_ASSIGN_TIMEOUT", "soon"),
         ("GATEWAY_MAX_BODY_BYTES", "0"),
+        ("GATEWAY_UPLOAD_CHUNK_BYTES", "0"),
+        ("GATEWAY_UPLOAD_CHUNK_BYTES", str(64 << 20)),
         ("GATEWAY_UNAVAILABLE_RETRIES", "-1"),
         ("GATEWAY_WORKER_CHANNELS", "0"),
         ("GATEWAY_METRICS_TIMEOUT", "0"),

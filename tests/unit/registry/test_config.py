@@ -18,6 +18,7 @@ def test_defaults() -> None:
     assert settings.fetch_chunk_bytes == 1 << 20
     assert settings.incomplete_max_age == 7 * 24 * 3600
     assert settings.package_allowed_dirs == ()
+    assert settings.max_upload_bytes == 64 << 30
     assert settings.log_level == "INFO"
 
 
@@ -32,6 +33,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
             "REGISTRY_MAX_METADATA_BYTES": "2048",
             "REGISTRY_MAX_TEXT_FILE_BYTES": "4096",
             "REGISTRY_INCOMPLETE_MAX_AGE": "24h",
+            "REGISTRY_MAX_UPLOAD_BYTES": "1000000",
             "REGISTRY_PACKAGE_ALLOWED_DIRS": f"{tmp_path}/a:{tmp_path}/b",
             "LOG_LEVEL": "debug",
         }
@@ -44,6 +46,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
     assert settings.max_metadata_bytes == 2048
     assert settings.max_text_file_bytes == 4096
     assert settings.incomplete_max_age == 24 * 3600
+    assert settings.max_upload_bytes == 1_000_000
     assert settings.package_allowed_dirs == (tmp_path / "a", tmp_path / "b")
     assert settings.log_level == "debug"
 
@@ -56,6 +59,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
         {"REGISTRY_FETCH_CHUNK_BYTES": "lots"},
         {"REGISTRY_IO_CHUNK_BYTES": "-1"},
         {"REGISTRY_MAX_METADATA_BYTES": "0"},
+        {"REGISTRY_MAX_UPLOAD_BYTES": "0"},
         {"REGISTRY_SHUTDOWN_GRACE": "soon"},
         {"REGISTRY_SHUTDOWN_GRACE": "-5s"},
     ],
