@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
 from services.stack.launcher import LocalStack
 from tests.integration.conftest import StackFactory
-from tests.support.processes import child_pids, is_alive
+from tests.support.processes import child_pids, is_alive, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +35,6 @@ def _llama_servers(stack: LocalStack) -> set[int]:
     return child_pids(stack.worker.pid)
 
 
-async def _poll(check: Callable[[], Awaitable[bool]], *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def test_idle_model_is_unloaded_after_keep_alive(stack_factory: StackFactory) -> None:
     async with stack_factory({"MODEL_KEEP_ALIVE": "2s"}) as stack:
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=120) as http:
@@ -57,12 +47,12 @@ async def test_idle_model_is_unloaded_after_keep_alive(stack_factory: StackFacto
             async def unloaded() -> bool:
                 return (await http.get("/engines/ps")).json() == []
 
-            await _poll(unloaded, timeout=30, what="idle unload")
+            await wait_until(unloaded, timeout=30, what="idle unload")
 
             async def exited() -> bool:
                 return not any(is_alive(pid) for pid in servers)
 
-            await _poll(exited, timeout=15, what="llama-server to exit")
+            await wait_until(exited, timeout=15, what="llama-server to exit")
             # The next request loads it again.
             assert (await http.post(CHAT, json=_chat())).status_code == 200
 
@@ -129,6 +119,6 @@ async def test_no_worker_gives_503(stack_factory: StackFactory) -> None:
                 assert response.status_code in {502, 503}, response.text
                 return response.status_code == 503
 
-            await _poll(refused_as_unavailable, timeout=30, what="503 without workers")
+            await wait_until(refused_as_unavailable, timeout=30, what="503 without workers")
             response = await http.post(CHAT, json=_chat())
             assert response.json()["error"]["message"]

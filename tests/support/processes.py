@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from services.common.health_client import wait_until_serving
@@ -21,6 +22,7 @@ __all__ = [
     "wait_for",
     "wait_grpc_healthy",
     "wait_grpc_healthy_sync",
+    "wait_until",
 ]
 
 
@@ -41,6 +43,20 @@ def wait_for(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], *, what: str, timeout: float = 10.0
+) -> None:
+    """Async polling: until `predicate` (sync or async) is true; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 async def wait_grpc_healthy(address: str, *, timeout: float = 30.0, service: str = "") -> None:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import httpx
 import pytest
 
 from services.gateway.config import GatewaySettings
-from tests.support.processes import free_port
+from tests.support.processes import free_port, wait_until
 from tests.unit.gateway.conftest import Neighbours, asgi_client, live_gateway
 from tests.unit.gateway.fakes import MODEL_ID
 from tests.unit.gateway.test_inference import error_of
@@ -160,21 +159,15 @@ async def test_client_going_away_midway_cancels_the_upload(
         )
         writer.write(BODY)
         await writer.drain()
-        await _until(lambda: len(neighbours.registry.upload_chunks) >= 3, "the first chunks")
+        await wait_until(
+            lambda: len(neighbours.registry.upload_chunks) >= 3, what="the first chunks"
+        )
 
         writer.close()
         await writer.wait_closed()
 
         await asyncio.wait_for(neighbours.registry.upload_cancelled.wait(), timeout=10)
     assert sum(map(len, neighbours.registry.upload_chunks)) < 1_000_000
-
-
-async def _until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_purge_empties_the_store(client: httpx.AsyncClient, neighbours: Neighbours) -> None:

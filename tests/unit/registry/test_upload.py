@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +13,7 @@ import pytest
 from modelrunner.v1 import registry_pb2
 from services.registry.config import RegistrySettings
 from services.registry.upload import UPLOADS_DIR
+from tests.support.processes import wait_until
 
 from .conftest import stored_files, write_tiny_gguf
 from .test_server import serving
@@ -215,14 +214,6 @@ async def test_uploads_beyond_the_limit_are_refused(tmp_path: Path, announced: b
     assert _leftovers(settings.models_path) == []
 
 
-async def _until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_a_client_that_goes_away_midway_leaves_nothing(
     stub: Stub, settings: RegistrySettings, tmp_path: Path
 ) -> None:
@@ -236,14 +227,14 @@ async def test_a_client_that_goes_away_midway_leaves_nothing(
     )
     await call.write(registry_pb2.PackageUploadRequest(gguf_chunk=data[:100]))
     # The registry has started writing the upload before the client goes away.
-    await _until(
+    await wait_until(
         lambda: uploads.exists() and any(p.is_file() for p in uploads.rglob("*")),
-        "the upload's temp file",
+        what="the upload's temp file",
     )
 
     call.cancel()
 
-    await _until(lambda: not any(uploads.rglob("*")), "the temp upload to be removed")
+    await wait_until(lambda: not any(uploads.rglob("*")), what="the temp upload to be removed")
     assert stored_files(settings.models_path) == []
 
 
