@@ -14,6 +14,7 @@ from services.common.env import (
     env_path,
     env_str,
 )
+from services.common.reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
 
 __all__ = ["RegistrySettings", "RemoteSettings"]
 
@@ -30,6 +31,11 @@ class RemoteSettings:
     insecure_registries: tuple[str, ...] = ()
     # INSECURE_REGISTRY=true: every registry over plain HTTP (DMR's meaning).
     insecure_all: bool = False
+    # Where references without a registry host go (DMR's DEFAULT_REGISTRY).
+    default_registry: str = DEFAULT_REGISTRY
+    # Hosts (`host[:port]`) tried in order before the upstream when pulling from Docker Hub or
+    # the default registry; never used for push (DMR's MODEL_RUNNER_REGISTRY_MIRRORS).
+    registry_mirrors: tuple[str, ...] = ()
     # Docker's client config, for `auths` credentials ($DOCKER_CONFIG/config.json).
     docker_config_path: Path = Path("~/.docker/config.json")
     # Layers transferred at once per pull / per push.
@@ -62,6 +68,14 @@ class RemoteSettings:
                 if host.strip() and host.strip().lower() not in {"true", "false", "1", "0"}
             ),
             insecure_all=insecure.lower() in {"true", "1"},
+            default_registry=_registry_host(
+                "DEFAULT_REGISTRY", env.get("DEFAULT_REGISTRY", "") or defaults.default_registry
+            ),
+            registry_mirrors=tuple(
+                _registry_host("MODEL_RUNNER_REGISTRY_MIRRORS", host)
+                for host in env.get("MODEL_RUNNER_REGISTRY_MIRRORS", "").split(",")
+                if host.strip()
+            ),
             docker_config_path=(
                 Path(docker_dir).expanduser() / "config.json"
                 if docker_dir
@@ -115,9 +129,33 @@ class RemoteSettings:
                 "REGISTRY_REMOTE_RETRY_MAX_WAIT"
             )
 
+    def mirrors_for(self, registry: str) -> tuple[str, ...]:
+        """Mirrors to try before `registry` on pull: only Docker Hub's and the default's."""
+        if registry in (DEFAULT_REGISTRY, self.default_registry):
+            return tuple(mirror for mirror in self.registry_mirrors if mirror != registry)
+        return ()
+
     def is_insecure(self, host: str) -> bool:
         """Plain HTTP for `host[:port]`: loopback, listed, or everything when insecure_all."""
         return self.insecure_all or host.lower() in self.insecure_registries or is_loopback(host)
+
+
+def _registry_host(name: str, raw: str) -> str:
+    """`host[:port]`, lower-cased, Docker Hub aliases folded to index.docker.io."""
+    host = raw.strip().rstrip("/")
+    if "://" in host or "/" in host or not host:
+        raise SettingError(f"{name}: expected host[:port], got {raw.strip()!r}")
+    # A host the reference grammar reads as a registry (a dot, a port or `localhost`).
+    try:
+        parsed = parse_reference(f"{host}/probe/probe")
+    except InvalidReference as exc:
+        raise SettingError(f"{name}: invalid registry host {raw.strip()!r}: {exc}") from exc
+    if parsed.repository != "probe/probe":
+        raise SettingError(
+            f"{name}: {raw.strip()!r} is not a registry host (it needs a dot, a port or "
+            "must be localhost)"
+        )
+    return parsed.registry
 
 
 def is_loopback(host: str) -> bool:

@@ -46,6 +46,7 @@ __all__ = [
     "RepositorySession",
     "TransientStatus",
     "parse_challenge",
+    "pull_endpoints",
     "raise_for_status",
     "resolve_endpoint",
     "retrying",
@@ -83,6 +84,16 @@ def resolve_endpoint(registry: str, settings: RemoteSettings) -> Endpoint:
     api_host = _DOCKER_HUB_API_HOST if registry == DEFAULT_REGISTRY else registry
     scheme = "http" if settings.is_insecure(registry) else "https"
     return Endpoint(registry=registry, api_host=api_host, scheme=scheme)
+
+
+def pull_endpoints(registry: str, settings: RemoteSettings) -> tuple[Endpoint, ...]:
+    """Where a pull from `registry` is tried, in order: its mirrors, then the registry itself.
+
+    A mirror serves the same repository paths as the upstream (a pull-through cache), so only
+    the host changes; its scheme follows the same loopback/INSECURE_REGISTRY rule.
+    """
+    hosts = (*settings.mirrors_for(registry), registry)
+    return tuple(resolve_endpoint(host, settings) for host in hosts)
 
 
 @dataclass(frozen=True)

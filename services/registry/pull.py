@@ -6,6 +6,11 @@ ModelPack v1 only, as DMR's `checkCompat`), and the config blob fetched and pars
 propagate as exceptions. Then layers download in parallel (bounded), and the model is added to the
 store only once every blob is present and verified, so a failed pull leaves the store as it was
 (partial `.incomplete` files stay for a resume).
+
+References without a host go to DEFAULT_REGISTRY. Pulls from Docker Hub or the default registry
+try MODEL_RUNNER_REGISTRY_MIRRORS first, in order: a mirror that is unreachable, keeps failing
+(5xx), lacks the model (404) or answers nonsense is skipped for the next one, then the upstream.
+The choice is made on the manifest and config; the layers come from the endpoint that served them.
 """
 
 from __future__ import annotations
@@ -19,17 +24,30 @@ from dataclasses import dataclass
 import httpx
 
 from services.common.clock import Clock
-from services.common.reference import InvalidReference, ModelReference, parse_reference
+from services.common.reference import (
+    DEFAULT_REGISTRY,
+    InvalidReference,
+    ModelReference,
+    parse_reference,
+)
 from services.registry.config import RemoteSettings
 from services.registry.credentials import Credentials, docker_config_credentials
 from services.registry.errors import (
     InvalidArgument,
+    RegistryUnavailable,
+    RemoteNotFound,
     RemoteProtocolError,
     StoreCorrupt,
     UnsupportedMediaType,
 )
 from services.registry.model_store import ModelStore
-from services.registry.oci import RemoteManifest, RepositorySession, resolve_endpoint
+from services.registry.oci import (
+    Endpoint,
+    RemoteManifest,
+    RepositorySession,
+    pull_endpoints,
+    resolve_endpoint,
+)
 from services.registry.progress import (
     EventType,
     Throttle,
@@ -47,16 +65,35 @@ from services.registry.store.manifests import (
 )
 from services.registry.transfer import BlobDownloader
 
-__all__ = ["Puller", "check_manifest", "open_session", "parse_remote_reference", "run_with_events"]
+__all__ = [
+    "Puller",
+    "check_manifest",
+    "local_name",
+    "open_session",
+    "parse_remote_reference",
+    "run_with_events",
+]
 
 _log = logging.getLogger(__name__)
 
+# What makes a mirror give way to the next endpoint; auth refusals and unsupported artifacts
+# are answers about the model itself and end the pull.
+_MIRROR_FALLBACK = (RegistryUnavailable, RemoteNotFound, RemoteProtocolError)
 
-def parse_remote_reference(text: str) -> ModelReference:
+
+def parse_remote_reference(text: str, default_registry: str = DEFAULT_REGISTRY) -> ModelReference:
     try:
-        return parse_reference(text)
+        return parse_reference(text, default_registry=default_registry)
     except InvalidReference as exc:
         raise InvalidArgument(str(exc)) from exc
+
+
+def local_name(reference: ModelReference, default_registry: str) -> str:
+    """The store tag: like DMR, the default registry's models are named without their host."""
+    if reference.registry != default_registry or reference.is_default_registry:
+        return reference.familiar
+    name = reference.repository
+    return f"{name}@{reference.digest}" if reference.digest else f"{name}:{reference.tag}"
 
 
 async def open_session(
@@ -66,14 +103,22 @@ async def open_session(
     credentials: Credentials,
     *,
     push: bool = False,
+    endpoint: Endpoint | None = None,
 ) -> RepositorySession:
-    """A session for `reference`'s repository with the request's or Docker's credentials."""
+    """A session for `reference`'s repository with the request's or Docker's credentials.
+
+    `endpoint` names a mirror to use instead of the reference's registry; the request's
+    credentials are meant for the registry the user named and are never sent to a mirror,
+    which gets its own Docker config entry, if any.
+    """
+    endpoint = endpoint or resolve_endpoint(reference.registry, settings)
+    if endpoint.registry != reference.registry:
+        credentials = Credentials()
     if credentials.empty:
         found = await asyncio.to_thread(
-            docker_config_credentials, settings.docker_config_path, reference.registry
+            docker_config_credentials, settings.docker_config_path, endpoint.registry
         )
         credentials = found or credentials
-    endpoint = resolve_endpoint(reference.registry, settings)
     return RepositorySession(http, settings, endpoint, reference.repository, credentials, push=push)
 
 
@@ -156,7 +201,11 @@ class Puller:
 
     async def pull(self, reference: str, credentials: Credentials) -> AsyncIterator[TransferEvent]:
         plan = await self._prepare(reference, credentials)
-        tags = () if plan.reference.digest else (plan.reference.familiar,)
+        tags = (
+            ()
+            if plan.reference.digest
+            else (local_name(plan.reference, self._settings.default_registry),)
+        )
         layers = plan.layers
         total = sum(layer.size for layer in layers)
         missing = [layer for layer in layers if not await self._store.blobs.has(layer.digest)]
@@ -175,8 +224,26 @@ class Puller:
         yield TransferEvent(EventType.SUCCESS, message, "pull", total=total, model=model)
 
     async def _prepare(self, text: str, credentials: Credentials) -> _Plan:
-        reference = parse_remote_reference(text)
-        session = await open_session(self._http, self._settings, reference, credentials)
+        reference = parse_remote_reference(text, self._settings.default_registry)
+        *mirrors, upstream = pull_endpoints(reference.registry, self._settings)
+        for mirror in mirrors:
+            try:
+                return await self._prepare_from(reference, mirror, credentials)
+            except _MIRROR_FALLBACK as exc:
+                _log.warning(
+                    "mirror %s failed for %s, trying the next endpoint: %s",
+                    mirror.registry,
+                    reference.qualified,
+                    exc,
+                )
+        return await self._prepare_from(reference, upstream, credentials)
+
+    async def _prepare_from(
+        self, reference: ModelReference, endpoint: Endpoint, credentials: Credentials
+    ) -> _Plan:
+        session = await open_session(
+            self._http, self._settings, reference, credentials, endpoint=endpoint
+        )
         remote = await session.get_manifest(
             reference.digest or reference.tag, max_bytes=self._max_metadata_bytes
         )

@@ -56,7 +56,7 @@ class Pusher:
         destination = target.strip() or reference.strip()
         if is_model_id(destination):
             raise InvalidArgument(f"push needs a target reference, not the id {destination!r}")
-        remote = parse_remote_reference(destination)
+        remote = parse_remote_reference(destination, self._settings.default_registry)
         if remote.digest:
             raise InvalidArgument(f"cannot push to a digest reference: {destination!r}")
         model = await self._store.inspect(reference)

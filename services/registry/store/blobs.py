@@ -51,6 +51,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+async def _settled(write: asyncio.Future[None] | None) -> None:
+    """Wait until the thread behind `write` has finished, however often we are cancelled.
+
+    Its outcome is dropped: a write error already propagated, or another error is on its way out.
+    A cancellation received while waiting is re-raised once the thread is done.
+    """
+    if write is None:
+        return
+    cancelled = False
+    while not write.done():
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # Only this task holds `write` and it never cancels it: the cancellation is ours.
+            cancelled = True
+        except Exception:  # dropped, see above
+            break
+    if not write.cancelled():
+        write.exception()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 @dataclass
 class BlobReader:
     """An open blob positioned at an offset; `size` is the whole blob's size."""
@@ -245,11 +268,25 @@ class BlobStore:
             hasher = hashlib.sha256()
             handle = await asyncio.to_thread(self._open_partial, partial, hasher, resume)
             keep_partial = resume
+            loop = asyncio.get_running_loop()
+            # Pipeline of depth one: chunk N is hashed and written in a thread while chunk N+1
+            # is read from the source. Only one write is ever in flight, so order is kept and
+            # memory is bounded to about two chunks.
+            in_flight: asyncio.Future[None] | None = None
             try:
                 written = handle.tell()
                 async for data in chunks:
-                    await asyncio.to_thread(self._hash_and_write, hasher, handle, data)
+                    if in_flight is not None:
+                        # Shielded: the thread cannot be cancelled, so neither may its future.
+                        await asyncio.shield(in_flight)
+                    # A bare executor future rather than a to_thread task: no task cancellation
+                    # (at loop shutdown, say) can mark it done while its thread still writes.
+                    in_flight = loop.run_in_executor(
+                        None, self._hash_and_write, hasher, handle, data
+                    )
                     written += len(data)
+                if in_flight is not None:
+                    await asyncio.shield(in_flight)
                 await asyncio.to_thread(self._flush, handle)
                 actual = "sha256:" + hasher.hexdigest()
                 if actual != digest or (expected_size is not None and written != expected_size):
@@ -259,9 +296,16 @@ class BlobStore:
                 keep_partial = True
                 return written
             finally:
-                handle.close()
-                if not keep_partial:
-                    partial.unlink(missing_ok=True)
+                try:
+                    # The handle must outlive a write still running in its thread, even when
+                    # this task was cancelled or the source failed.
+                    await _settled(in_flight)
+                finally:
+                    try:
+                        handle.close()
+                    finally:
+                        if not keep_partial:
+                            partial.unlink(missing_ok=True)
 
     def _read_into(self, handle: BinaryIO, hasher: hashlib._Hash) -> int:
         data = handle.read(self._io_chunk_bytes)

@@ -17,6 +17,7 @@ import pytest
 from modelrunner.v1 import common_pb2, registry_pb2
 from services.common.digest import sha256_file
 from services.registry.store.manifests import MEDIA_TYPE_GGUF
+from tests.support.processes import free_port
 from tests.unit.registry.conftest import smollm2_path, write_tiny_gguf
 
 from .conftest import (
@@ -28,6 +29,7 @@ from .conftest import (
     push_model,
     registry_service,
     remote_settings,
+    running_registry,
     success_model,
 )
 
@@ -259,3 +261,59 @@ async def test_concurrent_pulls_of_one_model_download_once(
         first, second = await asyncio.gather(pull_model(empty, target), pull_model(empty, target))
         assert success_model(first).id == success_model(second).id == local.id
     assert fresh_registry.blob_gets(gguf.digest) == 1
+
+
+def _repository_requests(registry: DockerRegistry, repository: str) -> int:
+    """Requests for `repository` in the registry's access log."""
+    return sum(
+        1
+        for line in registry.log_path.read_text(errors="replace").splitlines()
+        if f"/v2/{repository}/" in line and "HTTP/1.1" in line
+    )
+
+
+async def test_default_registry_and_mirrors_with_fallback(source: Service, tmp_path: Path) -> None:
+    """DEFAULT_REGISTRY=A, MODEL_RUNNER_REGISTRY_MIRRORS=<down>,B: a host-less reference is
+    served by B past the dead mirror, and A is never asked; a model B lacks comes from A."""
+    local = await source.stub.InspectModel(
+        registry_pb2.InspectModelRequest(reference="ai/smollm2:v1")
+    )
+    gguf = _gguf_layer(local)
+    with (
+        running_registry(tmp_path / "upstream-a") as upstream,
+        running_registry(tmp_path / "mirror-b") as mirror,
+    ):
+        success_model(await push_model(source, "ai/smollm2:v1", f"{mirror.host}/ai/mirrored:v1"))
+        success_model(await push_model(source, "ai/smollm2:v1", f"{upstream.host}/ai/only-a:v1"))
+        down = f"127.0.0.1:{free_port()}"
+        settings = remote_settings(
+            default_registry=upstream.host,
+            registry_mirrors=(down, mirror.host),
+            docker_config_path=tmp_path / "no-docker-config.json",
+        )
+        async with registry_service(tmp_path / "models", settings) as empty:
+            mirror_gets = mirror.blob_gets(gguf.digest)
+            model = success_model(await pull_model(empty, "ai/mirrored:v1"))
+            assert model.id == local.id
+            assert list(model.tags) == ["ai/mirrored:v1"]
+            assert mirror.blob_gets(gguf.digest) == mirror_gets + 1
+            assert _repository_requests(upstream, "ai/mirrored") == 0
+            found = await empty.stub.InspectModel(
+                registry_pb2.InspectModelRequest(reference="ai/mirrored:v1")
+            )
+            assert found.id == local.id
+
+            # B answers 404 for a model only A has: the pull falls through to the upstream.
+            upstream_gets = upstream.blob_gets(gguf.digest)
+            model = success_model(await pull_model(empty, "ai/only-a:v1"))
+            # The same model under a second tag: one model, both names.
+            assert sorted(model.tags) == ["ai/mirrored:v1", "ai/only-a:v1"]
+            assert _repository_requests(mirror, "ai/only-a") >= 1
+            assert _repository_requests(upstream, "ai/only-a") >= 1
+            # The GGUF was already stored by the first pull: nothing is downloaded again.
+            assert upstream.blob_gets(gguf.digest) == upstream_gets
+
+            # Naming the default registry's host explicitly is the same reference.
+            model = success_model(await pull_model(empty, f"{upstream.host}/ai/mirrored:v1"))
+            assert "ai/mirrored:v1" in model.tags
+            assert _repository_requests(upstream, "ai/mirrored") == 0

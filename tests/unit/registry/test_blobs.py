@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -246,3 +249,149 @@ async def test_stale_partials_are_removed_and_fresh_ones_kept(blobs: BlobStore) 
     assert removed == [stale]
     assert not stale.exists()
     assert fresh.exists()
+
+
+# A thread blocked on an event in these tests waits at most this long, so a broken pipeline fails
+# a test instead of hanging it.
+THREAD_WAIT = 5.0
+
+
+class GatedWriter:
+    """Stands in for `_hash_and_write`: each call blocks in its thread until released."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._write = store._hash_and_write
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.errors: list[BaseException] = []
+        self.calls = 0
+
+    def __call__(self, hasher: hashlib._Hash, handle: BinaryIO, data: bytes) -> None:
+        self.calls += 1
+        self.started.set()
+        self.release.wait(THREAD_WAIT)
+        try:
+            self._write(hasher, handle, data)
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+
+
+async def wait_for_thread(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, THREAD_WAIT)
+
+
+async def still_running(task: asyncio.Task[int]) -> bool:
+    """Whether `task` keeps running over a few loop turns (it should be waiting for a thread)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+    done, _ = await asyncio.wait({task}, timeout=0.05)
+    return not done
+
+
+@pytest.mark.parametrize("source_blocks", [True, False], ids=["reading", "awaiting-write"])
+@pytest.mark.parametrize("resume", [True, False])
+async def test_cancel_waits_for_the_write_in_flight_before_closing_the_file(
+    blobs: BlobStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source_blocks: bool,
+    resume: bool,
+) -> None:
+    data = os.urandom(300)
+    digest = digest_of(data)
+    writer = GatedWriter(blobs)
+    monkeypatch.setattr(blobs, "_hash_and_write", writer)
+    never = asyncio.Event()
+
+    async def source() -> AsyncIterator[bytes]:
+        yield data[:100]
+        if source_blocks:
+            await never.wait()
+        yield data[100:200]
+
+    task = asyncio.create_task(blobs.write_stream(digest, source(), resume=resume))
+    await wait_for_thread(writer.started)
+    task.cancel()
+    assert await still_running(task)
+    task.cancel()  # a second cancellation must not cut the wait short either
+    assert await still_running(task)
+    writer.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert writer.errors == []  # no "I/O operation on closed file"
+    assert writer.calls == 1
+    assert not await blobs.has(digest)
+    assert await blobs.incomplete_size(digest) == (100 if resume else 0)
+    if not resume:
+        assert stored_files(tmp_path / "root") == []
+        return
+    monkeypatch.undo()
+    await blobs.write_stream(digest, chunks(data[100:]), resume=True, expected_size=len(data))
+    assert blobs.path(digest).read_bytes() == data
+
+
+async def test_next_chunk_is_read_while_the_previous_one_is_written(
+    blobs: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(300)
+    parts = [data[0:100], data[100:200], data[200:300]]
+    asked = [threading.Event() for _ in parts]
+    overlapped: list[bool] = []
+    write = blobs._hash_and_write
+
+    def writer(hasher: hashlib._Hash, handle: BinaryIO, chunk: bytes) -> None:
+        index = parts.index(chunk)
+        if index + 1 < len(parts):
+            # Holds this write until the source has been asked for the next chunk.
+            overlapped.append(asked[index + 1].wait(THREAD_WAIT))
+        write(hasher, handle, chunk)
+
+    async def source() -> AsyncIterator[bytes]:
+        for index, part in enumerate(parts):
+            asked[index].set()
+            yield part
+
+    monkeypatch.setattr(blobs, "_hash_and_write", writer)
+    assert await blobs.write_stream(digest_of(data), source(), expected_size=300) == 300
+    assert overlapped == [True, True]
+    assert blobs.path(digest_of(data)).read_bytes() == data
+
+
+@pytest.mark.parametrize("failing_chunk", [0, 1, 2])
+@pytest.mark.parametrize("resume", [True, False])
+async def test_write_error_propagates_and_leaves_no_blob(
+    blobs: BlobStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failing_chunk: int,
+    resume: bool,
+) -> None:
+    data = os.urandom(300)
+    digest = digest_of(data)
+    write = blobs._hash_and_write
+    calls: list[int] = []
+    later_chunks_read: list[int] = []
+
+    def writer(hasher: hashlib._Hash, handle: BinaryIO, chunk: bytes) -> None:
+        calls.append(len(calls))
+        if len(calls) - 1 == failing_chunk:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(hasher, handle, chunk)
+
+    async def source() -> AsyncIterator[bytes]:
+        for index in range(3):
+            if index > failing_chunk + 1:
+                later_chunks_read.append(index)
+            yield data[index * 100 : (index + 1) * 100]
+
+    monkeypatch.setattr(blobs, "_hash_and_write", writer)
+    with pytest.raises(OSError, match="No space left"):
+        await blobs.write_stream(digest, source(), expected_size=300, resume=resume)
+    assert calls == list(range(failing_chunk + 1))  # nothing written after the failure
+    assert later_chunks_read == []  # at most one chunk read ahead of the failed write
+    assert not await blobs.has(digest)
+    assert digest not in list(blobs.digests())
+    if not resume:
+        assert stored_files(tmp_path / "root") == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.common.clock import SystemClock
 from services.common.env import SettingError
 from services.common.reference import DEFAULT_REGISTRY
 from services.registry.config import RegistrySettings, RemoteSettings, is_loopback
@@ -20,22 +21,34 @@ from services.registry.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from services.registry.model_store import ModelStore
 from services.registry.oci import (
     RemoteManifest,
     RepositorySession,
     TransientStatus,
     parse_challenge,
+    pull_endpoints,
     raise_for_status,
     resolve_endpoint,
 )
+from services.registry.packaging import Packager, PackageSpec
 from services.registry.progress import Throttle, format_bytes
-from services.registry.pull import check_manifest
+from services.registry.pull import (
+    Puller,
+    check_manifest,
+    local_name,
+    open_session,
+    parse_remote_reference,
+)
 from services.registry.store.manifests import (
     MEDIA_TYPE_CNCF_CONFIG,
     MEDIA_TYPE_CONFIG_V01,
     MEDIA_TYPE_CONFIG_V02,
     MEDIA_TYPE_MANIFEST,
 )
+from services.registry.transfer import BlobDownloader
+
+from .conftest import TinyFactory, open_store
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -307,3 +320,208 @@ async def test_request_bearer_token_is_sent_as_is() -> None:
     assert registry.token_requests == []
     with pytest.raises(Unauthenticated, match="rejected the bearer token"):
         await _get_manifest(registry, Credentials(bearer_token="stale"))
+
+
+def test_default_registry_and_mirrors_from_env() -> None:
+    settings = RemoteSettings.from_env(
+        {
+            "DEFAULT_REGISTRY": "Registry.LAN:5000",
+            "MODEL_RUNNER_REGISTRY_MIRRORS": " mirror.lan , 127.0.0.1:5001/,docker.io",
+        }
+    )
+    assert settings.default_registry == "registry.lan:5000"
+    assert settings.registry_mirrors == ("mirror.lan", "127.0.0.1:5001", DEFAULT_REGISTRY)
+    assert RemoteSettings.from_env({}).default_registry == DEFAULT_REGISTRY
+    assert RemoteSettings.from_env({"DEFAULT_REGISTRY": "docker.io"}).default_registry == (
+        DEFAULT_REGISTRY
+    )
+    for name, value in (
+        ("DEFAULT_REGISTRY", "https://registry.lan"),
+        ("DEFAULT_REGISTRY", "nodot"),
+        ("MODEL_RUNNER_REGISTRY_MIRRORS", "mirror.lan/path"),
+        ("MODEL_RUNNER_REGISTRY_MIRRORS", "bad_host.lan"),
+    ):
+        with pytest.raises(SettingError, match=name):
+            RemoteSettings.from_env({name: value})
+
+
+def test_pull_endpoints_try_mirrors_in_order_then_the_upstream() -> None:
+    settings = RemoteSettings(
+        default_registry="registry.lan",
+        registry_mirrors=("127.0.0.1:5001", "mirror.lan"),
+    )
+    hub = pull_endpoints(DEFAULT_REGISTRY, settings)
+    assert [e.base_url for e in hub] == [
+        "http://127.0.0.1:5001",
+        "https://mirror.lan",
+        "https://registry-1.docker.io",
+    ]
+    assert [e.registry for e in hub] == ["127.0.0.1:5001", "mirror.lan", DEFAULT_REGISTRY]
+    default = pull_endpoints("registry.lan", settings)
+    assert [e.base_url for e in default] == [
+        "http://127.0.0.1:5001",
+        "https://mirror.lan",
+        "https://registry.lan",
+    ]
+    # Explicit other registries are never mirrored, and a mirror is not its own mirror.
+    assert [e.registry for e in pull_endpoints("ghcr.io", settings)] == ["ghcr.io"]
+    assert [e.registry for e in pull_endpoints("mirror.lan", settings)] == ["mirror.lan"]
+    itself = RemoteSettings(default_registry="mirror.lan", registry_mirrors=("mirror.lan", "m.lan"))
+    assert [e.registry for e in pull_endpoints("mirror.lan", itself)] == ["m.lan", "mirror.lan"]
+    assert [e.registry for e in pull_endpoints(DEFAULT_REGISTRY, RemoteSettings())] == [
+        DEFAULT_REGISTRY
+    ]
+
+
+def test_references_without_a_host_use_the_default_registry() -> None:
+    reference = parse_remote_reference("ai/x:v1", "registry.lan")
+    assert (reference.registry, reference.repository) == ("registry.lan", "ai/x")
+    assert local_name(reference, "registry.lan") == "ai/x:v1"
+    hub = parse_remote_reference("ai/x:v1")
+    assert hub.registry == DEFAULT_REGISTRY
+    assert local_name(hub, DEFAULT_REGISTRY) == "ai/x:v1"
+    other = parse_remote_reference("ghcr.io/ai/x:v1", "registry.lan")
+    assert local_name(other, "registry.lan") == "ghcr.io/ai/x:v1"
+
+
+async def test_mirror_sessions_get_their_own_credentials_never_the_requests(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.json"
+    mirror_auth = base64.b64encode(b"mirror-user:mirror-pw").decode()
+    config.write_text(json.dumps({"auths": {"mirror.lan": {"auth": mirror_auth}}}))
+    settings = RemoteSettings(docker_config_path=config, registry_mirrors=("mirror.lan",))
+    reference = parse_remote_reference("ai/x:v1")
+    given = Credentials(bearer_token="for-docker-hub")
+    seen: list[tuple[str, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.host, request.headers.get("Authorization", "")))
+        if request.headers.get("Authorization"):
+            return httpx.Response(200, content=b"{}")
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        mirror, upstream = pull_endpoints(reference.registry, settings)
+        for endpoint in (mirror, upstream):
+            session = await open_session(http, settings, reference, given, endpoint=endpoint)
+            await session.get_manifest("v1", max_bytes=1024)
+    basic = "Basic " + mirror_auth
+    assert seen == [
+        ("mirror.lan", ""),
+        ("mirror.lan", basic),
+        ("registry-1.docker.io", "Bearer for-docker-hub"),
+    ]
+
+
+class MirroredRegistry:
+    """Serves one stored model from `serving` hosts; other hosts are down, 404 or 503."""
+
+    def __init__(self, source: ModelStore, manifest_digest: str, serving: set[str]) -> None:
+        self.source = source
+        self.manifest_digest = manifest_digest
+        self.serving = serving
+        self.hosts: list[str] = []
+        self.blob_hosts: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        self.hosts.append(host)
+        if host.startswith("down"):
+            raise httpx.ConnectError("connection refused", request=request)
+        if host.startswith("broken"):
+            return httpx.Response(503)
+        path = request.url.path
+        if host not in self.serving or not path.startswith("/v2/ai/tiny/"):
+            return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
+        if path.endswith("/manifests/v1"):
+            data = self.source.blobs.path(self.manifest_digest).read_bytes()
+            return httpx.Response(
+                200,
+                content=data,
+                headers={"Content-Type": MEDIA_TYPE_MANIFEST},
+            )
+        self.blob_hosts.append(host)
+        digest = path.rpartition("/")[2]
+        return httpx.Response(200, content=self.source.blobs.path(digest).read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("mirrors", "serving", "expected"),
+    [
+        (
+            ("down.lan", "missing.lan", "broken.lan"),
+            {"registry.lan"},
+            ["down.lan", "missing.lan", "broken.lan", "registry.lan"],
+        ),
+        (("missing.lan", "good.lan", "down.lan"), {"good.lan"}, ["missing.lan", "good.lan"]),
+        ((), {"registry.lan"}, ["registry.lan"]),
+    ],
+)
+async def test_pull_falls_back_through_mirrors_in_order(
+    store: ModelStore,
+    packager: Packager,
+    tiny_gguf: TinyFactory,
+    tmp_path: Path,
+    mirrors: tuple[str, ...],
+    serving: set[str],
+    expected: list[str],
+) -> None:
+    model = await packager.package(PackageSpec(gguf_path=str(tiny_gguf()), tag="ai/tiny:v1"))
+    upstream = MirroredRegistry(store, model.id, serving)
+    settings = RemoteSettings(
+        default_registry="registry.lan",
+        registry_mirrors=mirrors,
+        insecure_all=True,
+        attempts=2,
+        retry_initial_wait=0.0,
+        retry_max_wait=0.0,
+        docker_config_path=tmp_path / "none.json",
+    )
+    target = await open_store(tmp_path / "target")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
+        puller = Puller(
+            target,
+            BlobDownloader(target.blobs, settings),
+            http,
+            settings,
+            clock=SystemClock(),
+            max_metadata_bytes=1 << 20,
+        )
+        events = [event async for event in puller.pull("ai/tiny:v1", Credentials())]
+    assert events[-1].model is not None
+    assert events[-1].model.id == model.id
+    assert events[-1].model.tags == ("ai/tiny:v1",)
+    assert list(dict.fromkeys(upstream.hosts)) == expected
+    # Transient failures are retried on the mirror before moving on; a 404 is not.
+    assert upstream.hosts.count("missing.lan") == (1 if "missing.lan" in expected else 0)
+    assert set(upstream.blob_hosts) == {expected[-1]}
+
+
+async def test_a_mirror_is_never_used_for_other_registries_and_the_last_error_is_raised(
+    store: ModelStore, packager: Packager, tiny_gguf: TinyFactory, tmp_path: Path
+) -> None:
+    model = await packager.package(PackageSpec(gguf_path=str(tiny_gguf()), tag="ai/tiny:v1"))
+    upstream = MirroredRegistry(store, model.id, {"good.lan"})
+    settings = RemoteSettings(
+        registry_mirrors=("good.lan",),
+        attempts=1,
+        docker_config_path=tmp_path / "none.json",
+    )
+    target = await open_store(tmp_path / "target")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
+        puller = Puller(
+            target,
+            BlobDownloader(target.blobs, settings),
+            http,
+            settings,
+            clock=SystemClock(),
+            max_metadata_bytes=1 << 20,
+        )
+        with pytest.raises(RemoteNotFound):
+            _ = [event async for event in puller.pull("missing.lan/ai/tiny:v1", Credentials())]
+        assert upstream.hosts == ["missing.lan"]
+        events = [event async for event in puller.pull("ai/tiny:v1", Credentials())]
+    assert events[-1].model is not None
+    assert events[-1].model.tags == ("ai/tiny:v1",)
+    assert set(upstream.hosts) == {"missing.lan", "good.lan"}
