@@ -205,7 +205,14 @@ async def test_llama_server_dying_mid_stream(worker: Worker) -> None:
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "broke off" in (caught.value.details() or "")
     head, body = split(received)
-    assert head.status_code == 200 and body.count(b"data: ") == 2
+    # aiohttp raises the broken connection before handing over bytes it had already buffered,
+    # so the last events before a crash may be lost; what does arrive is an exact prefix.
+    assert head.status_code == 200 and body.count(b"data: ") <= 2
+    expected = b"".join(
+        b"data: " + json.dumps({"choices": [{"delta": {"content": word}}]}).encode() + b"\n\n"
+        for word in ("a", " b")
+    )
+    assert expected.startswith(body)
     assert [(r.lease_id, r.runner_failed) for r in worker.scheduler.releases] == [
         ("lease-crash", True)
     ]
