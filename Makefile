@@ -62,8 +62,8 @@ test-integration: install model ## Integration tests (real llama-server and Smol
 	MODEL_RUNNER_TEST_GGUF=$(abspath $(MODEL_FILE)) $(PY) -m pytest -q tests/integration
 
 lint: install ## ruff and mypy --strict
-	$(VENV)/bin/ruff check services tests bench scripts
-	$(VENV)/bin/ruff format --check services tests bench scripts
+	$(VENV)/bin/ruff check services model_cli tests bench scripts
+	$(VENV)/bin/ruff format --check services model_cli tests bench scripts
 	$(VENV)/bin/mypy
 
 bench: install model ## Gateway vs direct llama-server throughput and TTFT

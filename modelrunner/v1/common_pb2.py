@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelrunner/v1/common.proto\x12\x0emodelrunner.v1\"\xb4\x01\n\nDescriptor\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12@\n\x0b\x61nnotations\x18\x04 \x03(\x0b\x32+.modelrunner.v1.Descriptor.AnnotationsEntry\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe3\x01\n\x0bModelConfig\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x14\n\x0cquantization\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\t\x12\x33\n\x04gguf\x18\x06 \x03(\x0b\x32%.modelrunner.v1.ModelConfig.GgufEntry\x12\x14\n\x0c\x63ontext_size\x18\x07 \x01(\x05\x1a+\n\tGgufEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc2\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12+\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1b.modelrunner.v1.ModelConfig\x12\x35\n\x11\x63onfig_descriptor\x18\x05 \x01(\x0b\x32\x1a.modelrunner.v1.Descriptor\x12*\n\x06layers\x18\x06 \x03(\x0b\x32\x1a.modelrunner.v1.Descriptor\"\xbf\x01\n\nRunnerInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.modelrunner.v1.RunnerState\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x11\n\tin_flight\x18\x05 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x08 \x01(\x05*\x8e\x01\n\x0c\x45ndpointKind\x12\x1d\n\x19\x45NDPOINT_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45NDPOINT_KIND_CHAT_COMPLETIONS\x10\x01\x12\x1d\n\x19\x45NDPOINT_KIND_COMPLETIONS\x10\x02\x12\x1c\n\x18\x45NDPOINT_KIND_EMBEDDINGS\x10\x03*\xac\x01\n\x0bRunnerState\x12\x1c\n\x18RUNNER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15RUNNER_STATE_STARTING\x10\x01\x12\x16\n\x12RUNNER_STATE_READY\x10\x02\x12\x19\n\x15RUNNER_STATE_DRAINING\x10\x03\x12\x18\n\x14RUNNER_STATE_STOPPED\x10\x04\x12\x17\n\x13RUNNER_STATE_FAILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelrunner/v1/common.proto\x12\x0emodelrunner.v1\"\xb4\x01\n\nDescriptor\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12@\n\x0b\x61nnotations\x18\x04 \x03(\x0b\x32+.modelrunner.v1.Descriptor.AnnotationsEntry\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe3\x01\n\x0bModelConfig\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x14\n\x0cquantization\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\t\x12\x33\n\x04gguf\x18\x06 \x03(\x0b\x32%.modelrunner.v1.ModelConfig.GgufEntry\x12\x14\n\x0c\x63ontext_size\x18\x07 \x01(\x05\x1a+\n\tGgufEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc2\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12+\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1b.modelrunner.v1.ModelConfig\x12\x35\n\x11\x63onfig_descriptor\x18\x05 \x01(\x0b\x32\x1a.modelrunner.v1.Descriptor\x12*\n\x06layers\x18\x06 \x03(\x0b\x32\x1a.modelrunner.v1.Descriptor\"\xd1\x01\n\nRunnerInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.modelrunner.v1.RunnerState\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x11\n\tin_flight\x18\x05 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x08 \x01(\x05\x12\x10\n\x08parallel\x18\t \x01(\x05\"\xb6\x02\n\x12ModelRuntimeConfig\x12\x14\n\x0c\x63ontext_size\x18\x01 \x01(\x05\x12\x1f\n\x12keep_alive_seconds\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nllama_args\x18\x03 \x03(\t\x12K\n\rrequired_tags\x18\x04 \x03(\x0b\x32\x34.modelrunner.v1.ModelRuntimeConfig.RequiredTagsEntry\x12\x14\n\x0cmin_replicas\x18\x05 \x01(\x05\x12\x14\n\x0cmax_replicas\x18\x06 \x01(\x05\x12\x10\n\x08parallel\x18\x07 \x01(\x05\x1a\x33\n\x11RequiredTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x15\n\x13_keep_alive_seconds*\x8e\x01\n\x0c\x45ndpointKind\x12\x1d\n\x19\x45NDPOINT_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x45NDPOINT_KIND_CHAT_COMPLETIONS\x10\x01\x12\x1d\n\x19\x45NDPOINT_KIND_COMPLETIONS\x10\x02\x12\x1c\n\x18\x45NDPOINT_KIND_EMBEDDINGS\x10\x03*\xac\x01\n\x0bRunnerState\x12\x1c\n\x18RUNNER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15RUNNER_STATE_STARTING\x10\x01\x12\x16\n\x12RUNNER_STATE_READY\x10\x02\x12\x19\n\x15RUNNER_STATE_DRAINING\x10\x03\x12\x18\n\x14RUNNER_STATE_STOPPED\x10\x04\x12\x17\n\x13RUNNER_STATE_FAILED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_options = b'8\001'
   _globals['_MODELCONFIG_GGUFENTRY']._loaded_options = None
   _globals['_MODELCONFIG_GGUFENTRY']._serialized_options = b'8\001'
-  _globals['_ENDPOINTKIND']._serialized_start=852
-  _globals['_ENDPOINTKIND']._serialized_end=994
-  _globals['_RUNNERSTATE']._serialized_start=997
-  _globals['_RUNNERSTATE']._serialized_end=1169
+  _globals['_MODELRUNTIMECONFIG_REQUIREDTAGSENTRY']._loaded_options = None
+  _globals['_MODELRUNTIMECONFIG_REQUIREDTAGSENTRY']._serialized_options = b'8\001'
+  _globals['_ENDPOINTKIND']._serialized_start=1183
+  _globals['_ENDPOINTKIND']._serialized_end=1325
+  _globals['_RUNNERSTATE']._serialized_start=1328
+  _globals['_RUNNERSTATE']._serialized_end=1500
   _globals['_DESCRIPTOR']._serialized_start=48
   _globals['_DESCRIPTOR']._serialized_end=228
   _globals['_DESCRIPTOR_ANNOTATIONSENTRY']._serialized_start=178
@@ -50,5 +52,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODEL']._serialized_start=461
   _globals['_MODEL']._serialized_end=655
   _globals['_RUNNERINFO']._serialized_start=658
-  _globals['_RUNNERINFO']._serialized_end=849
+  _globals['_RUNNERINFO']._serialized_end=867
+  _globals['_MODELRUNTIMECONFIG']._serialized_start=870
+  _globals['_MODELRUNTIMECONFIG']._serialized_end=1180
+  _globals['_MODELRUNTIMECONFIG_REQUIREDTAGSENTRY']._serialized_start=1106
+  _globals['_MODELRUNTIMECONFIG_REQUIREDTAGSENTRY']._serialized_end=1157
 # @@protoc_insertion_point(module_scope)

@@ -238,6 +238,7 @@ class RunnerInfo(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """Manifest digest of the model the runner serves."""
     reference: _builtins.str
@@ -251,6 +252,9 @@ class RunnerInfo(_message.Message):
     error: _builtins.str
     """Set when state is FAILED: why the process stopped."""
     context_size: _builtins.int
+    """Tokens of context per request (per slot); 0 when unknown."""
+    parallel: _builtins.int
+    """llama-server slots: requests it serves at once. 0 when unknown."""
     def __init__(
         self,
         *,
@@ -262,11 +266,86 @@ class RunnerInfo(_message.Message):
         memory_bytes: _builtins.int = ...,
         error: _builtins.str = ...,
         context_size: _builtins.int = ...,
+        parallel: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "error", b"error", "generation", b"generation", "in_flight", b"in_flight", "memory_bytes", b"memory_bytes", "model_id", b"model_id", "reference", b"reference", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "error", b"error", "generation", b"generation", "in_flight", b"in_flight", "memory_bytes", b"memory_bytes", "model_id", b"model_id", "parallel", b"parallel", "reference", b"reference", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunnerInfo: _TypeAlias = RunnerInfo  # noqa: Y015
+
+@_typing.final
+class ModelRuntimeConfig(_message.Message):
+    """Per-model runtime configuration (DMR's /engines/_configure), owned by the scheduler."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RequiredTagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_SECONDS_FIELD_NUMBER: _builtins.int
+    LLAMA_ARGS_FIELD_NUMBER: _builtins.int
+    REQUIRED_TAGS_FIELD_NUMBER: _builtins.int
+    MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    context_size: _builtins.int
+    """Tokens of context per request; 0: the packaged context size, else the scheduler's default."""
+    keep_alive_seconds: _builtins.float
+    """Seconds an idle runner stays loaded. Unset: MODEL_KEEP_ALIVE; 0: unload right after use;
+    negative: never unload.
+    """
+    min_replicas: _builtins.int
+    """Replicas kept loaded even when idle."""
+    max_replicas: _builtins.int
+    """Most replicas load-based scale-up may reach; 0: the scheduler's default."""
+    parallel: _builtins.int
+    """llama-server slots per replica; 0: the scheduler's default."""
+    @_builtins.property
+    def llama_args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Extra llama-server arguments; every flag must be on the scheduler's allowlist."""
+
+    @_builtins.property
+    def required_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """A worker must carry every one of these tags (same value) to load the model."""
+
+    def __init__(
+        self,
+        *,
+        context_size: _builtins.int = ...,
+        keep_alive_seconds: _builtins.float | None = ...,
+        llama_args: _abc.Iterable[_builtins.str] | None = ...,
+        required_tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        min_replicas: _builtins.int = ...,
+        max_replicas: _builtins.int = ...,
+        parallel: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_keep_alive_seconds", b"_keep_alive_seconds", "keep_alive_seconds", b"keep_alive_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_alive_seconds", b"_keep_alive_seconds", "context_size", b"context_size", "keep_alive_seconds", b"keep_alive_seconds", "llama_args", b"llama_args", "max_replicas", b"max_replicas", "min_replicas", b"min_replicas", "parallel", b"parallel", "required_tags", b"required_tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__keep_alive_seconds: _TypeAlias = _typing.Literal["keep_alive_seconds"]  # noqa: Y015
+    _WhichOneofArgType__keep_alive_seconds: _TypeAlias = _typing.Literal["_keep_alive_seconds", b"_keep_alive_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keep_alive_seconds) -> _WhichOneofReturnType__keep_alive_seconds | None: ...
+
+Global___ModelRuntimeConfig: _TypeAlias = ModelRuntimeConfig  # noqa: Y015

@@ -562,3 +562,42 @@ class TransferProgress(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransferProgress: _TypeAlias = TransferProgress  # noqa: Y015
+
+@_typing.final
+class DiskUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskUsageRequest: _TypeAlias = DiskUsageRequest  # noqa: Y015
+
+@_typing.final
+class DiskUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOBS_BYTES_FIELD_NUMBER: _builtins.int
+    INCOMPLETE_BYTES_FIELD_NUMBER: _builtins.int
+    blobs_bytes: _builtins.int
+    """Every blob in the store (manifests, configs, layers)."""
+    incomplete_bytes: _builtins.int
+    """Partial downloads kept for resuming."""
+    def __init__(
+        self,
+        *,
+        blobs_bytes: _builtins.int = ...,
+        incomplete_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_bytes", b"blobs_bytes", "incomplete_bytes", b"incomplete_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskUsageResponse: _TypeAlias = DiskUsageResponse  # noqa: Y015

@@ -70,6 +70,11 @@ class RegistryStub:
                 request_serializer=modelrunner_dot_v1_dot_registry__pb2.PurgeRequest.SerializeToString,
                 response_deserializer=modelrunner_dot_v1_dot_registry__pb2.PurgeResponse.FromString,
                 _registered_method=True)
+        self.DiskUsage = channel.unary_unary(
+                '/modelrunner.v1.Registry/DiskUsage',
+                request_serializer=modelrunner_dot_v1_dot_registry__pb2.DiskUsageRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_registry__pb2.DiskUsageResponse.FromString,
+                _registered_method=True)
         self.FetchBlob = channel.unary_stream(
                 '/modelrunner.v1.Registry/FetchBlob',
                 request_serializer=modelrunner_dot_v1_dot_registry__pb2.FetchBlobRequest.SerializeToString,
@@ -143,6 +148,13 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DiskUsage(self, request, context):
+        """Bytes the store uses on disk, for /engines/df.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FetchBlob(self, request, context):
         """Stream a blob from `offset`; the first message carries the total size.
         """
@@ -205,6 +217,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Purge,
                     request_deserializer=modelrunner_dot_v1_dot_registry__pb2.PurgeRequest.FromString,
                     response_serializer=modelrunner_dot_v1_dot_registry__pb2.PurgeResponse.SerializeToString,
+            ),
+            'DiskUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiskUsage,
+                    request_deserializer=modelrunner_dot_v1_dot_registry__pb2.DiskUsageRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_registry__pb2.DiskUsageResponse.SerializeToString,
             ),
             'FetchBlob': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchBlob,
@@ -411,6 +428,33 @@ class Registry:
             '/modelrunner.v1.Registry/Purge',
             modelrunner_dot_v1_dot_registry__pb2.PurgeRequest.SerializeToString,
             modelrunner_dot_v1_dot_registry__pb2.PurgeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiskUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.Registry/DiskUsage',
+            modelrunner_dot_v1_dot_registry__pb2.DiskUsageRequest.SerializeToString,
+            modelrunner_dot_v1_dot_registry__pb2.DiskUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,8 @@ class RegistryStub:
     """Remove every model and every complete blob (DMR's purge). FAILED_PRECONDITION when the store
     directory has no `oci-layout` (it does not look like a model store).
     """
+    DiskUsage: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DiskUsageRequest, _registry_pb2.DiskUsageResponse]
+    """Bytes the store uses on disk, for /engines/df."""
     FetchBlob: _grpc.UnaryStreamMultiCallable[_registry_pb2.FetchBlobRequest, _registry_pb2.BlobChunk]
     """Stream a blob from `offset`; the first message carries the total size."""
     Pull: _grpc.UnaryStreamMultiCallable[_registry_pb2.PullRequest, _registry_pb2.TransferProgress]
@@ -88,6 +90,8 @@ class RegistryAsyncStub(RegistryStub):
     """Remove every model and every complete blob (DMR's purge). FAILED_PRECONDITION when the store
     directory has no `oci-layout` (it does not look like a model store).
     """
+    DiskUsage: _aio.UnaryUnaryMultiCallable[_registry_pb2.DiskUsageRequest, _registry_pb2.DiskUsageResponse]  # type: ignore[assignment]
+    """Bytes the store uses on disk, for /engines/df."""
     FetchBlob: _aio.UnaryStreamMultiCallable[_registry_pb2.FetchBlobRequest, _registry_pb2.BlobChunk]  # type: ignore[assignment]
     """Stream a blob from `offset`; the first message carries the total size."""
     Pull: _aio.UnaryStreamMultiCallable[_registry_pb2.PullRequest, _registry_pb2.TransferProgress]  # type: ignore[assignment]
@@ -163,6 +167,14 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         """Remove every model and every complete blob (DMR's purge). FAILED_PRECONDITION when the store
         directory has no `oci-layout` (it does not look like a model store).
         """
+
+    @_abc_1.abstractmethod
+    def DiskUsage(
+        self,
+        request: _registry_pb2.DiskUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DiskUsageResponse, _abc.Awaitable[_registry_pb2.DiskUsageResponse]]:
+        """Bytes the store uses on disk, for /engines/df."""
 
     @_abc_1.abstractmethod
     def FetchBlob(

@@ -21,6 +21,11 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class WorkerInfo(_message.Message):
+    """Errors the gateway must tell apart carry this trailing-metadata key with one of these values.
+    "insufficient-memory": no worker can fit the model even after evicting idle ones (HTTP 507).
+    "queue-full": the model's queue is full or its wait timed out (HTTP 503 + Retry-After).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -48,11 +53,14 @@ class WorkerInfo(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     MEMORY_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    CACHE_BYTES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     """host:port of the worker's gRPC server."""
     memory_total_bytes: _builtins.int
     memory_free_bytes: _builtins.int
+    cache_bytes: _builtins.int
+    """Bytes of model blobs in the worker's local cache."""
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """e.g. {"accelerator": "cpu", "zone": "a"}"""
@@ -65,10 +73,11 @@ class WorkerInfo(_message.Message):
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         memory_total_bytes: _builtins.int = ...,
         memory_free_bytes: _builtins.int = ...,
+        cache_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "memory_free_bytes", b"memory_free_bytes", "memory_total_bytes", b"memory_total_bytes", "tags", b"tags", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cache_bytes", b"cache_bytes", "memory_free_bytes", b"memory_free_bytes", "memory_total_bytes", b"memory_total_bytes", "tags", b"tags", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -126,8 +135,10 @@ class HeartbeatRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     RUNNERS_FIELD_NUMBER: _builtins.int
     MEMORY_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    CACHE_BYTES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     memory_free_bytes: _builtins.int
+    cache_bytes: _builtins.int
     @_builtins.property
     def runners(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.RunnerInfo]: ...
     def __init__(
@@ -136,10 +147,11 @@ class HeartbeatRequest(_message.Message):
         worker_id: _builtins.str = ...,
         runners: _abc.Iterable[_common_pb2.RunnerInfo] | None = ...,
         memory_free_bytes: _builtins.int = ...,
+        cache_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_free_bytes", b"memory_free_bytes", "runners", b"runners", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_bytes", b"cache_bytes", "memory_free_bytes", b"memory_free_bytes", "runners", b"runners", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,17 +181,53 @@ Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
 class AssignRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RequiredTagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
     AFFINITY_KEY_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    REQUIRED_TAGS_FIELD_NUMBER: _builtins.int
+    PREFIX_HASHES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     """As the client wrote it; the scheduler normalizes it."""
     endpoint: _common_pb2.EndpointKind.ValueType
     affinity_key: _builtins.str
+    """Requests with the same key (X-Session-ID, the OpenAI `user`) go to the same replica while
+    load allows.
+    """
     priority: _builtins.int
+    """Higher is served first when the model's requests queue; default 0."""
+    @_builtins.property
+    def required_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Per-request worker tag requirements, on top of the model's configured ones."""
+
+    @_builtins.property
+    def prefix_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Hashes of the prompt's growing prefixes (message boundaries), shortest first: the replica
+        that served the longest matching prefix likely holds it in llama-server's prompt cache.
+        """
+
     def __init__(
         self,
         *,
@@ -188,10 +236,12 @@ class AssignRequest(_message.Message):
         endpoint: _common_pb2.EndpointKind.ValueType = ...,
         affinity_key: _builtins.str = ...,
         priority: _builtins.int = ...,
+        required_tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        prefix_hashes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "endpoint", b"endpoint", "model", b"model", "priority", b"priority", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "endpoint", b"endpoint", "model", b"model", "prefix_hashes", b"prefix_hashes", "priority", b"priority", "request_id", b"request_id", "required_tags", b"required_tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,12 +336,34 @@ Global___ListPlacementsRequest: _TypeAlias = ListPlacementsRequest  # noqa: Y015
 class Placement(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class WorkerTagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     WORKER_ID_FIELD_NUMBER: _builtins.int
     WORKER_ADDRESS_FIELD_NUMBER: _builtins.int
     RUNNER_FIELD_NUMBER: _builtins.int
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     LAST_USED_MS_FIELD_NUMBER: _builtins.int
     EXPIRES_MS_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    WORKER_TAGS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     worker_address: _builtins.str
     in_flight: _builtins.int
@@ -300,8 +372,14 @@ class Placement(_message.Message):
     """Unix milliseconds; 0 if never used."""
     expires_ms: _builtins.int
     """Unix milliseconds when the idle runner will be unloaded; 0 for never."""
+    queued: _builtins.int
+    """Requests waiting in the scheduler's queue for this model (same on every replica)."""
     @_builtins.property
     def runner(self) -> _common_pb2.RunnerInfo: ...
+    @_builtins.property
+    def worker_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The worker's tags."""
+
     def __init__(
         self,
         *,
@@ -311,10 +389,12 @@ class Placement(_message.Message):
         in_flight: _builtins.int = ...,
         last_used_ms: _builtins.int = ...,
         expires_ms: _builtins.int = ...,
+        queued: _builtins.int = ...,
+        worker_tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["runner", b"runner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_ms", b"expires_ms", "in_flight", b"in_flight", "last_used_ms", b"last_used_ms", "runner", b"runner", "worker_address", b"worker_address", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_ms", b"expires_ms", "in_flight", b"in_flight", "last_used_ms", b"last_used_ms", "queued", b"queued", "runner", b"runner", "worker_address", b"worker_address", "worker_id", b"worker_id", "worker_tags", b"worker_tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -381,3 +461,163 @@ class UnloadModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnloadModelsResponse: _TypeAlias = UnloadModelsResponse  # noqa: Y015
+
+@_typing.final
+class ConfigureModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """As the client wrote it; the scheduler resolves it through the registry."""
+    @_builtins.property
+    def config(self) -> _common_pb2.ModelRuntimeConfig: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        config: _common_pb2.ModelRuntimeConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigureModelRequest: _TypeAlias = ConfigureModelRequest  # noqa: Y015
+
+@_typing.final
+class ModelConfigEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    reference: _builtins.str
+    """The reference it was configured under, e.g. "ai/smollm2:latest"."""
+    @_builtins.property
+    def config(self) -> _common_pb2.ModelRuntimeConfig: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        config: _common_pb2.ModelRuntimeConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "model_id", b"model_id", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelConfigEntry: _TypeAlias = ModelConfigEntry  # noqa: Y015
+
+@_typing.final
+class ListModelConfigsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Empty: every stored configuration."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelConfigsRequest: _TypeAlias = ListModelConfigsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelConfigsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelConfigEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___ModelConfigEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelConfigsResponse: _TypeAlias = ListModelConfigsResponse  # noqa: Y015
+
+@_typing.final
+class ListWorkersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWorkersRequest: _TypeAlias = ListWorkersRequest  # noqa: Y015
+
+@_typing.final
+class WorkerStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_FIELD_NUMBER: _builtins.int
+    ALIVE_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
+    MEMORY_RESERVED_BYTES_FIELD_NUMBER: _builtins.int
+    RUNNERS_FIELD_NUMBER: _builtins.int
+    alive: _builtins.bool
+    last_seen_ms: _builtins.int
+    """Unix milliseconds of the last heartbeat."""
+    memory_reserved_bytes: _builtins.int
+    """Memory the scheduler counts as taken on this worker: its runners' estimates, loads included."""
+    runners: _builtins.int
+    @_builtins.property
+    def worker(self) -> Global___WorkerInfo: ...
+    def __init__(
+        self,
+        *,
+        worker: Global___WorkerInfo | None = ...,
+        alive: _builtins.bool = ...,
+        last_seen_ms: _builtins.int = ...,
+        memory_reserved_bytes: _builtins.int = ...,
+        runners: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["worker", b"worker"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "last_seen_ms", b"last_seen_ms", "memory_reserved_bytes", b"memory_reserved_bytes", "runners", b"runners", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerStatus: _TypeAlias = WorkerStatus  # noqa: Y015
+
+@_typing.final
+class ListWorkersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerStatus]: ...
+    def __init__(
+        self,
+        *,
+        workers: _abc.Iterable[Global___WorkerStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWorkersResponse: _TypeAlias = ListWorkersResponse  # noqa: Y015

@@ -64,6 +64,21 @@ class SchedulerStub:
                 request_serializer=modelrunner_dot_v1_dot_scheduler__pb2.UnloadModelsRequest.SerializeToString,
                 response_deserializer=modelrunner_dot_v1_dot_scheduler__pb2.UnloadModelsResponse.FromString,
                 _registered_method=True)
+        self.ConfigureModel = channel.unary_unary(
+                '/modelrunner.v1.Scheduler/ConfigureModel',
+                request_serializer=modelrunner_dot_v1_dot_scheduler__pb2.ConfigureModelRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_scheduler__pb2.ModelConfigEntry.FromString,
+                _registered_method=True)
+        self.ListModelConfigs = channel.unary_unary(
+                '/modelrunner.v1.Scheduler/ListModelConfigs',
+                request_serializer=modelrunner_dot_v1_dot_scheduler__pb2.ListModelConfigsRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_scheduler__pb2.ListModelConfigsResponse.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/modelrunner.v1.Scheduler/ListWorkers',
+                request_serializer=modelrunner_dot_v1_dot_scheduler__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_scheduler__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -109,6 +124,28 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfigureModel(self, request, context):
+        """DMR's /engines/_configure: validate and persist a model's runtime configuration. Idle
+        runners of the model are unloaded so the next load uses it; FAILED_PRECONDITION when a
+        runner of the model is serving requests (DMR's 409).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelConfigs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkers(self, request, context):
+        """Every known worker with its tags, memory and disk cache, for /engines/status and /engines/df.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +178,21 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.UnloadModels,
                     request_deserializer=modelrunner_dot_v1_dot_scheduler__pb2.UnloadModelsRequest.FromString,
                     response_serializer=modelrunner_dot_v1_dot_scheduler__pb2.UnloadModelsResponse.SerializeToString,
+            ),
+            'ConfigureModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureModel,
+                    request_deserializer=modelrunner_dot_v1_dot_scheduler__pb2.ConfigureModelRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_scheduler__pb2.ModelConfigEntry.SerializeToString,
+            ),
+            'ListModelConfigs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelConfigs,
+                    request_deserializer=modelrunner_dot_v1_dot_scheduler__pb2.ListModelConfigsRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_scheduler__pb2.ListModelConfigsResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=modelrunner_dot_v1_dot_scheduler__pb2.ListWorkersRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_scheduler__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +357,87 @@ class Scheduler:
             '/modelrunner.v1.Scheduler/UnloadModels',
             modelrunner_dot_v1_dot_scheduler__pb2.UnloadModelsRequest.SerializeToString,
             modelrunner_dot_v1_dot_scheduler__pb2.UnloadModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.Scheduler/ConfigureModel',
+            modelrunner_dot_v1_dot_scheduler__pb2.ConfigureModelRequest.SerializeToString,
+            modelrunner_dot_v1_dot_scheduler__pb2.ModelConfigEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelConfigs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.Scheduler/ListModelConfigs',
+            modelrunner_dot_v1_dot_scheduler__pb2.ListModelConfigsRequest.SerializeToString,
+            modelrunner_dot_v1_dot_scheduler__pb2.ListModelConfigsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.Scheduler/ListWorkers',
+            modelrunner_dot_v1_dot_scheduler__pb2.ListWorkersRequest.SerializeToString,
+            modelrunner_dot_v1_dot_scheduler__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

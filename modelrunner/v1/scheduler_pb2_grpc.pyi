@@ -42,6 +42,14 @@ class SchedulerStub:
     ListPlacements: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListPlacementsRequest, _scheduler_pb2.ListPlacementsResponse]
     """Every placed runner, for /engines/ps."""
     UnloadModels: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.UnloadModelsRequest, _scheduler_pb2.UnloadModelsResponse]
+    ConfigureModel: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ConfigureModelRequest, _scheduler_pb2.ModelConfigEntry]
+    """DMR's /engines/_configure: validate and persist a model's runtime configuration. Idle
+    runners of the model are unloaded so the next load uses it; FAILED_PRECONDITION when a
+    runner of the model is serving requests (DMR's 409).
+    """
+    ListModelConfigs: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListModelConfigsRequest, _scheduler_pb2.ListModelConfigsResponse]
+    ListWorkers: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListWorkersRequest, _scheduler_pb2.ListWorkersResponse]
+    """Every known worker with its tags, memory and disk cache, for /engines/status and /engines/df."""
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -57,6 +65,14 @@ class SchedulerAsyncStub(SchedulerStub):
     ListPlacements: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListPlacementsRequest, _scheduler_pb2.ListPlacementsResponse]  # type: ignore[assignment]
     """Every placed runner, for /engines/ps."""
     UnloadModels: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.UnloadModelsRequest, _scheduler_pb2.UnloadModelsResponse]  # type: ignore[assignment]
+    ConfigureModel: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ConfigureModelRequest, _scheduler_pb2.ModelConfigEntry]  # type: ignore[assignment]
+    """DMR's /engines/_configure: validate and persist a model's runtime configuration. Idle
+    runners of the model are unloaded so the next load uses it; FAILED_PRECONDITION when a
+    runner of the model is serving requests (DMR's 409).
+    """
+    ListModelConfigs: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListModelConfigsRequest, _scheduler_pb2.ListModelConfigsResponse]  # type: ignore[assignment]
+    ListWorkers: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListWorkersRequest, _scheduler_pb2.ListWorkersResponse]  # type: ignore[assignment]
+    """Every known worker with its tags, memory and disk cache, for /engines/status and /engines/df."""
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -105,5 +121,31 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.UnloadModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.UnloadModelsResponse, _abc.Awaitable[_scheduler_pb2.UnloadModelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ConfigureModel(
+        self,
+        request: _scheduler_pb2.ConfigureModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ModelConfigEntry, _abc.Awaitable[_scheduler_pb2.ModelConfigEntry]]:
+        """DMR's /engines/_configure: validate and persist a model's runtime configuration. Idle
+        runners of the model are unloaded so the next load uses it; FAILED_PRECONDITION when a
+        runner of the model is serving requests (DMR's 409).
+        """
+
+    @_abc_1.abstractmethod
+    def ListModelConfigs(
+        self,
+        request: _scheduler_pb2.ListModelConfigsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListModelConfigsResponse, _abc.Awaitable[_scheduler_pb2.ListModelConfigsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListWorkers(
+        self,
+        request: _scheduler_pb2.ListWorkersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListWorkersResponse, _abc.Awaitable[_scheduler_pb2.ListWorkersResponse]]:
+        """Every known worker with its tags, memory and disk cache, for /engines/status and /engines/df."""
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,37 +25,37 @@ _sym_db = _symbol_database.Default()
 from modelrunner.v1 import common_pb2 as modelrunner_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelrunner/v1/worker.proto\x12\x0emodelrunner.v1\x1a\x1bmodelrunner/v1/common.proto\"\\\n\x0bLoadRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.modelrunner.v1.Model\x12\x11\n\treference\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x03 \x01(\x05\":\n\x0cLoadResponse\x12*\n\x06runner\x18\x01 \x01(\x0b\x32\x1a.modelrunner.v1.RunnerInfo\"!\n\rUnloadRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\"\n\x0eUnloadResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"\xbf\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12.\n\x08\x65ndpoint\x18\x03 \x01(\x0e\x32\x1c.modelrunner.v1.EndpointKind\x12\x0e\n\x06stream\x18\x04 \x01(\x08\x12\x10\n\x08lease_id\x18\x05 \x01(\t\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x0c\n\x04\x62ody\x18\x08 \x01(\x0c\"9\n\x0cResponseHead\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"Y\n\x10GenerateResponse\x12,\n\x04head\x18\x01 \x01(\x0b\x32\x1c.modelrunner.v1.ResponseHeadH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x14\n\x12ListRunnersRequest\"B\n\x13ListRunnersResponse\x12+\n\x07runners\x18\x01 \x03(\x0b\x32\x1a.modelrunner.v1.RunnerInfo\"\x16\n\x14ScrapeMetricsRequest\"B\n\rRunnerMetrics\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"G\n\x15ScrapeMetricsResponse\x12.\n\x07runners\x18\x01 \x03(\x0b\x32\x1d.modelrunner.v1.RunnerMetrics2\x9b\x03\n\x06Worker\x12\x41\n\x04Load\x12\x1b.modelrunner.v1.LoadRequest\x1a\x1c.modelrunner.v1.LoadResponse\x12G\n\x06Unload\x12\x1d.modelrunner.v1.UnloadRequest\x1a\x1e.modelrunner.v1.UnloadResponse\x12O\n\x08Generate\x12\x1f.modelrunner.v1.GenerateRequest\x1a .modelrunner.v1.GenerateResponse0\x01\x12V\n\x0bListRunners\x12\".modelrunner.v1.ListRunnersRequest\x1a#.modelrunner.v1.ListRunnersResponse\x12\\\n\rScrapeMetrics\x12$.modelrunner.v1.ScrapeMetricsRequest\x1a%.modelrunner.v1.ScrapeMetricsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelrunner/v1/worker.proto\x12\x0emodelrunner.v1\x1a\x1bmodelrunner/v1/common.proto\"\xa1\x01\n\x0bLoadRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.modelrunner.v1.Model\x12\x11\n\treference\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x03 \x01(\x05\x12\x10\n\x08parallel\x18\x04 \x01(\x05\x12\x12\n\nllama_args\x18\x05 \x03(\t\x12\x1d\n\x15memory_estimate_bytes\x18\x06 \x01(\x03\":\n\x0cLoadResponse\x12*\n\x06runner\x18\x01 \x01(\x0b\x32\x1a.modelrunner.v1.RunnerInfo\"!\n\rUnloadRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\"\n\x0eUnloadResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"\xbf\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12.\n\x08\x65ndpoint\x18\x03 \x01(\x0e\x32\x1c.modelrunner.v1.EndpointKind\x12\x0e\n\x06stream\x18\x04 \x01(\x08\x12\x10\n\x08lease_id\x18\x05 \x01(\t\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x0c\n\x04\x62ody\x18\x08 \x01(\x0c\"9\n\x0cResponseHead\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"Y\n\x10GenerateResponse\x12,\n\x04head\x18\x01 \x01(\x0b\x32\x1c.modelrunner.v1.ResponseHeadH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x14\n\x12ListRunnersRequest\"B\n\x13ListRunnersResponse\x12+\n\x07runners\x18\x01 \x03(\x0b\x32\x1a.modelrunner.v1.RunnerInfo\"\x16\n\x14ScrapeMetricsRequest\"B\n\rRunnerMetrics\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"G\n\x15ScrapeMetricsResponse\x12.\n\x07runners\x18\x01 \x03(\x0b\x32\x1d.modelrunner.v1.RunnerMetrics2\x9b\x03\n\x06Worker\x12\x41\n\x04Load\x12\x1b.modelrunner.v1.LoadRequest\x1a\x1c.modelrunner.v1.LoadResponse\x12G\n\x06Unload\x12\x1d.modelrunner.v1.UnloadRequest\x1a\x1e.modelrunner.v1.UnloadResponse\x12O\n\x08Generate\x12\x1f.modelrunner.v1.GenerateRequest\x1a .modelrunner.v1.GenerateResponse0\x01\x12V\n\x0bListRunners\x12\".modelrunner.v1.ListRunnersRequest\x1a#.modelrunner.v1.ListRunnersResponse\x12\\\n\rScrapeMetrics\x12$.modelrunner.v1.ScrapeMetricsRequest\x1a%.modelrunner.v1.ScrapeMetricsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelrunner.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOADREQUEST']._serialized_start=76
-  _globals['_LOADREQUEST']._serialized_end=168
-  _globals['_LOADRESPONSE']._serialized_start=170
-  _globals['_LOADRESPONSE']._serialized_end=228
-  _globals['_UNLOADREQUEST']._serialized_start=230
-  _globals['_UNLOADREQUEST']._serialized_end=263
-  _globals['_UNLOADRESPONSE']._serialized_start=265
-  _globals['_UNLOADRESPONSE']._serialized_end=299
-  _globals['_GENERATEREQUEST']._serialized_start=302
-  _globals['_GENERATEREQUEST']._serialized_end=493
-  _globals['_RESPONSEHEAD']._serialized_start=495
-  _globals['_RESPONSEHEAD']._serialized_end=552
-  _globals['_GENERATERESPONSE']._serialized_start=554
-  _globals['_GENERATERESPONSE']._serialized_end=643
-  _globals['_LISTRUNNERSREQUEST']._serialized_start=645
-  _globals['_LISTRUNNERSREQUEST']._serialized_end=665
-  _globals['_LISTRUNNERSRESPONSE']._serialized_start=667
-  _globals['_LISTRUNNERSRESPONSE']._serialized_end=733
-  _globals['_SCRAPEMETRICSREQUEST']._serialized_start=735
-  _globals['_SCRAPEMETRICSREQUEST']._serialized_end=757
-  _globals['_RUNNERMETRICS']._serialized_start=759
-  _globals['_RUNNERMETRICS']._serialized_end=825
-  _globals['_SCRAPEMETRICSRESPONSE']._serialized_start=827
-  _globals['_SCRAPEMETRICSRESPONSE']._serialized_end=898
-  _globals['_WORKER']._serialized_start=901
-  _globals['_WORKER']._serialized_end=1312
+  _globals['_LOADREQUEST']._serialized_start=77
+  _globals['_LOADREQUEST']._serialized_end=238
+  _globals['_LOADRESPONSE']._serialized_start=240
+  _globals['_LOADRESPONSE']._serialized_end=298
+  _globals['_UNLOADREQUEST']._serialized_start=300
+  _globals['_UNLOADREQUEST']._serialized_end=333
+  _globals['_UNLOADRESPONSE']._serialized_start=335
+  _globals['_UNLOADRESPONSE']._serialized_end=369
+  _globals['_GENERATEREQUEST']._serialized_start=372
+  _globals['_GENERATEREQUEST']._serialized_end=563
+  _globals['_RESPONSEHEAD']._serialized_start=565
+  _globals['_RESPONSEHEAD']._serialized_end=622
+  _globals['_GENERATERESPONSE']._serialized_start=624
+  _globals['_GENERATERESPONSE']._serialized_end=713
+  _globals['_LISTRUNNERSREQUEST']._serialized_start=715
+  _globals['_LISTRUNNERSREQUEST']._serialized_end=735
+  _globals['_LISTRUNNERSRESPONSE']._serialized_start=737
+  _globals['_LISTRUNNERSRESPONSE']._serialized_end=803
+  _globals['_SCRAPEMETRICSREQUEST']._serialized_start=805
+  _globals['_SCRAPEMETRICSREQUEST']._serialized_end=827
+  _globals['_RUNNERMETRICS']._serialized_start=829
+  _globals['_RUNNERMETRICS']._serialized_end=895
+  _globals['_SCRAPEMETRICSRESPONSE']._serialized_start=897
+  _globals['_SCRAPEMETRICSRESPONSE']._serialized_end=968
+  _globals['_WORKER']._serialized_start=971
+  _globals['_WORKER']._serialized_end=1382
 # @@protoc_insertion_point(module_scope)

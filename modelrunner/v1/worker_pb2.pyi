@@ -26,22 +26,42 @@ class LoadRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
     CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    LLAMA_ARGS_FIELD_NUMBER: _builtins.int
+    MEMORY_ESTIMATE_BYTES_FIELD_NUMBER: _builtins.int
     reference: _builtins.str
     """The reference the user asked for, for display."""
     context_size: _builtins.int
-    """0: the packaged context size, else llama-server's default."""
+    """Tokens of context per slot; 0: the packaged context size, else llama-server's default.
+    llama-server gets --ctx-size context_size * parallel, so every slot has context_size.
+    """
+    parallel: _builtins.int
+    """llama-server --parallel; 0: llama-server's default."""
+    memory_estimate_bytes: _builtins.int
+    """The scheduler's estimate of the runner's memory (weights + KV cache + buffers); the worker
+    reports max(estimate, weights) as the runner's memory_bytes.
+    """
     @_builtins.property
     def model(self) -> _common_pb2.Model: ...
+    @_builtins.property
+    def llama_args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Per-model llama-server arguments (already checked against the scheduler's allowlist);
+        appended after LLAMA_ARGS, so they win.
+        """
+
     def __init__(
         self,
         *,
         model: _common_pb2.Model | None = ...,
         reference: _builtins.str = ...,
         context_size: _builtins.int = ...,
+        parallel: _builtins.int = ...,
+        llama_args: _abc.Iterable[_builtins.str] | None = ...,
+        memory_estimate_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "model", b"model", "reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "llama_args", b"llama_args", "memory_estimate_bytes", b"memory_estimate_bytes", "model", b"model", "parallel", b"parallel", "reference", b"reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -63,6 +63,9 @@ class RegistryClient:
     async def purge(self) -> registry_pb2.PurgeResponse:
         return await self._stub.Purge(registry_pb2.PurgeRequest(), timeout=self._timeout)
 
+    async def disk_usage(self) -> registry_pb2.DiskUsageResponse:
+        return await self._stub.DiskUsage(registry_pb2.DiskUsageRequest(), timeout=self._timeout)
+
     def package_upload(
         self, *, timeout: float
     ) -> grpc.aio.StreamUnaryCall[registry_pb2.PackageUploadRequest, registry_pb2.PackageResponse]:
@@ -125,6 +128,24 @@ class SchedulerClient:
             timeout=self._timeout,
         )
         return reply.unloaded_runners
+
+    async def configure_model(
+        self, request: scheduler_pb2.ConfigureModelRequest
+    ) -> scheduler_pb2.ModelConfigEntry:
+        return await self._stub.ConfigureModel(request, timeout=self._timeout)
+
+    async def list_model_configs(self, model: str = "") -> Sequence[scheduler_pb2.ModelConfigEntry]:
+        """Every stored configuration, or the one of `model` ("" for all)."""
+        reply = await self._stub.ListModelConfigs(
+            scheduler_pb2.ListModelConfigsRequest(model=model), timeout=self._timeout
+        )
+        return reply.entries
+
+    async def list_workers(self) -> Sequence[scheduler_pb2.WorkerStatus]:
+        reply = await self._stub.ListWorkers(
+            scheduler_pb2.ListWorkersRequest(), timeout=self._timeout
+        )
+        return reply.workers
 
 
 class _Entry:

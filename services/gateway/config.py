@@ -10,6 +10,7 @@ from services.common.env import SettingError, env_bool, env_duration, env_int, e
 __all__ = ["GatewaySettings"]
 
 _MIB = 1024 * 1024
+_MIN_AFFINITY_KEY_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,14 @@ class GatewaySettings:
     # One worker's ScrapeMetrics call for `GET /metrics`; above WORKER_METRICS_TIMEOUT so a worker
     # can still answer for its other runners when one of them stalls.
     metrics_timeout: float = 10.0
+    # Routing hints sent with every Assign (services/gateway/hints.py): a completions prompt is
+    # hashed in chunks of this many characters (only full chunks) ...
+    prefix_chunk_chars: int = 256
+    # ... and at most this many prefix hashes go with one request (the shortest prefixes: a
+    # conversation's first turns are what its later turns share). 0 sends none.
+    max_prefix_hashes: int = 32
+    # Longer affinity keys (X-Session-ID, the OpenAI `user`) are replaced by a hash, not refused.
+    max_affinity_key_chars: int = 256
     # Extra allowed CORS origins (DMR_ORIGINS); loopback origins are always allowed, "*" allows all.
     cors_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
@@ -92,6 +101,13 @@ class GatewaySettings:
             access_log=env_bool(env, "GATEWAY_ACCESS_LOG", defaults.access_log),
             metrics_enabled=not env_bool(env, "DISABLE_METRICS", not defaults.metrics_enabled),
             metrics_timeout=env_duration(env, "GATEWAY_METRICS_TIMEOUT", defaults.metrics_timeout),
+            prefix_chunk_chars=env_int(
+                env, "GATEWAY_PREFIX_CHUNK_CHARS", defaults.prefix_chunk_chars
+            ),
+            max_prefix_hashes=env_int(env, "GATEWAY_MAX_PREFIX_HASHES", defaults.max_prefix_hashes),
+            max_affinity_key_chars=env_int(
+                env, "GATEWAY_MAX_AFFINITY_KEY_CHARS", defaults.max_affinity_key_chars
+            ),
             cors_origins=tuple(
                 origin.strip() for origin in env.get("DMR_ORIGINS", "").split(",") if origin.strip()
             ),
@@ -116,6 +132,7 @@ class GatewaySettings:
             "GATEWAY_MAX_CONCURRENCY": self.max_concurrency,
             "GATEWAY_KEEP_ALIVE_TIMEOUT": self.keep_alive_timeout,
             "GATEWAY_METRICS_TIMEOUT": self.metrics_timeout,
+            "GATEWAY_PREFIX_CHUNK_CHARS": self.prefix_chunk_chars,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -124,6 +141,7 @@ class GatewaySettings:
             "GATEWAY_UNAVAILABLE_RETRIES": self.unavailable_retries,
             "GATEWAY_RETRY_AFTER": self.retry_after,
             "GATEWAY_SHUTDOWN_GRACE": self.shutdown_grace,
+            "GATEWAY_MAX_PREFIX_HASHES": self.max_prefix_hashes,
         }
         for name, value in non_negative.items():
             if value < 0:
@@ -131,6 +149,12 @@ class GatewaySettings:
         # Half the shared 64 MiB gRPC message limit leaves room for the message's framing.
         if not 1 <= self.upload_chunk_bytes <= 32 * _MIB:
             raise SettingError("GATEWAY_UPLOAD_CHUNK_BYTES must be between 1 and 33554432")
+        # A hashed key is its kind ("session:") plus 32 hex digits; a smaller bound cannot hold it.
+        if self.max_affinity_key_chars < _MIN_AFFINITY_KEY_CHARS:
+            raise SettingError(
+                f"GATEWAY_MAX_AFFINITY_KEY_CHARS must be at least {_MIN_AFFINITY_KEY_CHARS}, "
+                f"got {self.max_affinity_key_chars}"
+            )
         if self.log_level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
             raise SettingError(
                 f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"

@@ -16,12 +16,18 @@ llama-server refused the request.
     ├── Unimplemented            501: a DMR route this gateway does not offer
     ├── UpstreamError            502: a worker or llama-server failed
     ├── ServiceUnavailable       503: no worker, scheduler/registry down, queue full
-    └── UpstreamTimeout          504: a deadline passed (load, generation, management call)
+    ├── UpstreamTimeout          504: a deadline passed (load, generation, management call)
+    └── InsufficientMemory       507: no worker can fit the model, even after evicting idle ones
 
 `from_rpc_error` is where a gRPC status becomes one of these. The same status means different
 things at different steps, so the caller says which step failed (`RpcStep`): UNAVAILABLE from
 Assign means nobody can serve the model (503), from Generate that the worker or its llama-server
 failed (502).
+
+Some answers are the scheduler's verdict rather than a transport failure; it names them in the
+trailing metadata key `x-modelrunner-reason` (scheduler.proto), and the reason decides the answer
+whatever the status code: `insufficient-memory` is 507 with the scheduler's message (which gives
+the sizes), `queue-full` is 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -36,9 +42,13 @@ import grpc
 import orjson
 
 __all__ = [
+    "INSUFFICIENT_MEMORY",
+    "QUEUE_FULL",
+    "REASON_KEY",
     "Conflict",
     "Forbidden",
     "GatewayError",
+    "InsufficientMemory",
     "InvalidRequest",
     "NotFound",
     "PayloadTooLarge",
@@ -51,6 +61,7 @@ __all__ = [
     "error_body",
     "error_payload",
     "from_rpc_error",
+    "rpc_reason",
     "sse_error_event",
     "translate_rpc_errors",
 ]
@@ -58,6 +69,10 @@ __all__ = [
 _INVALID = "invalid_request_error"
 _NOT_FOUND = "not_found_error"
 _SERVER = "server_error"
+
+REASON_KEY = "x-modelrunner-reason"
+INSUFFICIENT_MEMORY = "insufficient-memory"
+QUEUE_FULL = "queue-full"
 
 
 class GatewayError(Exception):
@@ -138,6 +153,14 @@ class Unimplemented(GatewayError):
     error_type = _SERVER
 
 
+class InsufficientMemory(GatewayError):
+    """No worker has the memory the model needs (HTTP 507, as DMR answered when it had a memory
+    check); retrying will not help until models are unloaded or workers added."""
+
+    status_code = 507
+    error_type = "insufficient_storage"
+
+
 class RpcStep(enum.Enum):
     """Which call failed; decides what UNAVAILABLE and FAILED_PRECONDITION mean."""
 
@@ -170,6 +193,14 @@ def _retry_after_header(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
+def rpc_reason(exc: grpc.aio.AioRpcError) -> str:
+    """The `x-modelrunner-reason` the peer attached to a failed call, or ""."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == REASON_KEY and isinstance(value, str):
+            return value
+    return ""
+
+
 def from_rpc_error(
     exc: grpc.aio.AioRpcError,
     step: RpcStep,
@@ -186,6 +217,14 @@ def from_rpc_error(
     """
     code = exc.code()
     details = exc.details() or ""
+    reason = rpc_reason(exc)
+    if reason == INSUFFICIENT_MEMORY:
+        return InsufficientMemory(details or "no worker has enough memory for this model")
+    if reason == QUEUE_FULL:
+        return ServiceUnavailable(
+            details or "too many requests are waiting for this model, retry later",
+            headers=_retry_after_header(retry_after),
+        )
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(details or "model not found", param="model")
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):

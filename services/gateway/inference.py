@@ -1,6 +1,6 @@
 """The inference hot path: one HTTP request -> Scheduler.Assign -> Worker.Generate -> HTTP answer.
 
-The client's body is read once, parsed only far enough to learn `model` and `stream`, and
+The client's body is read once, parsed once (for `model`, `stream` and the routing hints) and
 forwarded unchanged; the worker's chunks are written to the client exactly as they arrive. The
 response head is awaited before the HTTP response starts, so llama-server's status (and any
 failure to get that far) reaches the client as a real HTTP status; only a failure after a 200
@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import orjson
@@ -22,9 +23,11 @@ from services.common.clock import Clock, SystemClock
 from services.gateway import errors
 from services.gateway.clients import SchedulerClient, WorkerChannels, WorkerLease
 from services.gateway.config import GatewaySettings
+from services.gateway.hints import RoutingHints
 
 __all__ = [
     "REQUEST_ID_HEADER",
+    "Envelope",
     "GenerateStream",
     "Inference",
     "InferenceRequest",
@@ -46,6 +49,17 @@ class InferenceRequest:
     model: str
     stream: bool
     body: bytes
+    hints: RoutingHints = field(default_factory=RoutingHints)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the gateway reads from a body: `model`, `stream`, and the parse itself, from which the
+    routing hints are computed without parsing twice."""
+
+    model: str
+    stream: bool
+    payload: dict[str, Any]
 
 
 def request_id_from(headers: Mapping[str, str]) -> str:
@@ -55,7 +69,7 @@ def request_id_from(headers: Mapping[str, str]) -> str:
     return uuid.uuid4().hex
 
 
-def parse_envelope(body: bytes) -> tuple[str, bool]:
+def parse_envelope(body: bytes) -> Envelope:
     """`model` and `stream` from an OpenAI request body; the rest is llama-server's business."""
     if not body:
         raise errors.InvalidRequest("request body is empty; expected a JSON object")
@@ -73,22 +87,38 @@ def parse_envelope(body: bytes) -> tuple[str, bool]:
         stream = False
     elif not isinstance(stream, bool):
         raise errors.InvalidRequest("stream must be a boolean", param="stream")
-    return model, stream
+    return Envelope(model, stream, payload)
+
+
+def _assign_request(request: InferenceRequest) -> scheduler_pb2.AssignRequest:
+    hints = request.hints
+    return scheduler_pb2.AssignRequest(
+        request_id=request.request_id,
+        model=request.model,
+        endpoint=request.endpoint,
+        affinity_key=hints.affinity_key,
+        priority=hints.priority,
+        required_tags=dict(hints.required_tags),
+        prefix_hashes=hints.prefix_hashes,
+    )
 
 
 class GenerateStream:
     """An open Worker.Generate call whose head has arrived; `close()` exactly once when done."""
 
-    __slots__ = ("_lease", "call", "head")
+    __slots__ = ("_lease", "call", "head", "worker_id")
 
     def __init__(
         self,
         call: grpc.aio.UnaryStreamCall[worker_pb2.GenerateRequest, worker_pb2.GenerateResponse],
         head: worker_pb2.ResponseHead,
         lease: WorkerLease,
+        worker_id: str = "",
     ) -> None:
         self.call = call
         self.head = head
+        # Which worker answers: sent back as X-Worker-Id so operators (and tests) can see routing.
+        self.worker_id = worker_id
         self._lease = lease
 
     async def close(self) -> None:
@@ -120,10 +150,11 @@ class Inference:
     async def open(self, request: InferenceRequest) -> GenerateStream:
         """Assign, then Generate until the response head; raises errors.GatewayError."""
         deadline = self._clock.monotonic() + self._settings.request_timeout
+        assign_request = _assign_request(request)
         attempts = 1 + self._settings.unavailable_retries
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
-            assignment = await self._assign(request, deadline, last=last)
+            assignment = await self._assign(assign_request, deadline, last=last)
             if assignment is None:
                 continue
             try:
@@ -146,9 +177,10 @@ class Inference:
     async def preload(self, request: InferenceRequest) -> None:
         """DMR's `X-Preload-Only`: get the model loaded somewhere, then hand the lease back."""
         deadline = self._clock.monotonic() + self._settings.request_timeout
+        assign_request = _assign_request(request)
         attempts = 1 + self._settings.unavailable_retries
         for attempt in range(1, attempts + 1):
-            assignment = await self._assign(request, deadline, last=attempt == attempts)
+            assignment = await self._assign(assign_request, deadline, last=attempt == attempts)
             if assignment is None:
                 continue
             try:
@@ -164,9 +196,13 @@ class Inference:
             return
 
     async def _assign(
-        self, request: InferenceRequest, deadline: float, *, last: bool
+        self, request: scheduler_pb2.AssignRequest, deadline: float, *, last: bool
     ) -> scheduler_pb2.AssignResponse | None:
-        """The scheduler's answer; None when it was UNAVAILABLE and another attempt may follow."""
+        """The scheduler's answer; None when it was UNAVAILABLE and another attempt may follow.
+
+        An UNAVAILABLE that carries a reason (errors.rpc_reason) is the scheduler's verdict, not
+        a transient failure, so it is answered at once.
+        """
         settings = self._settings
         remaining = deadline - self._clock.monotonic()
         if remaining <= 0:
@@ -175,14 +211,13 @@ class Inference:
             )
         try:
             return await self._scheduler.assign(
-                scheduler_pb2.AssignRequest(
-                    request_id=request.request_id,
-                    model=request.model,
-                    endpoint=request.endpoint,
-                ),
-                timeout=min(settings.assign_timeout, remaining),
+                request, timeout=min(settings.assign_timeout, remaining)
             )
         except grpc.aio.AioRpcError as exc:
+            if errors.rpc_reason(exc):
+                raise errors.from_rpc_error(
+                    exc, errors.RpcStep.ASSIGN, retry_after=settings.retry_after
+                ) from None
             if exc.code() == grpc.StatusCode.UNAVAILABLE and not last:
                 _log.warning(
                     "request %s: Assign unavailable (%s); retrying",
@@ -232,7 +267,7 @@ class Inference:
             call.cancel()
             await lease.release()
             raise errors.UpstreamError("worker ended the stream without a response head")
-        return GenerateStream(call, first.head, lease)
+        return GenerateStream(call, first.head, lease, assignment.worker_id)
 
     async def _worker_unreachable(self, assignment: scheduler_pb2.AssignResponse) -> None:
         """The worker never saw the request, so it cannot release the lease: do it for it.

@@ -85,6 +85,7 @@ class InferenceResponse(Response):
                     (b"content-type", content_type),
                     (b"cache-control", b"no-cache"),
                     (b"x-request-id", self._request_id),
+                    (b"x-worker-id", stream.worker_id.encode("latin-1", "replace")),
                 ],
             }
         )
@@ -158,6 +159,7 @@ class InferenceResponse(Response):
                     (b"content-type", content_type),
                     (b"content-length", str(len(body)).encode("ascii")),
                     (b"x-request-id", self._request_id),
+                    (b"x-worker-id", stream.worker_id.encode("latin-1", "replace")),
                 ],
             }
         )

@@ -268,6 +268,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             deleted_models=result.deleted_models, deleted_blobs=result.deleted_blobs
         )
 
+    async def DiskUsage(
+        self, request: registry_pb2.DiskUsageRequest, context: _Context
+    ) -> registry_pb2.DiskUsageResponse:
+        blobs, incomplete = await _call(context, self._store.blobs.disk_usage())
+        return registry_pb2.DiskUsageResponse(blobs_bytes=blobs, incomplete_bytes=incomplete)
+
     async def ListModels(
         self, request: registry_pb2.ListModelsRequest, context: _Context
     ) -> registry_pb2.ListModelsResponse:

@@ -1,8 +1,9 @@
 """The running scheduler: the control plane plus its background jobs, started and stopped together.
 
-`async with SchedulerApp(...) as app:` starts one task that owns a TaskGroup with the idle-unload
-reaper and the dead-worker/lease sweeper; leaving the block stops both, cancels loads in progress
-and closes every client channel.
+`async with SchedulerApp(...) as app:` loads the stored model configurations, then starts one task
+that owns a TaskGroup with the idle-unload reaper, the dead-worker/lease sweeper and the
+autoscaler; leaving the block stops them, cancels loads in progress and closes every client
+channel.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from types import TracebackType
 from services.common.clock import Clock
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.control import ControlPlane
+from services.scheduler.model_configs import ConfigStore
 from services.scheduler.resolver import ModelResolver
 from services.scheduler.workers import WorkerClient
 
@@ -34,11 +36,18 @@ class SchedulerApp:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.control = ControlPlane(settings, resolver=resolver, workers=workers, clock=clock)
+        self.control = ControlPlane(
+            settings,
+            resolver=resolver,
+            workers=workers,
+            clock=clock,
+            configs=ConfigStore(settings.state_path),
+        )
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SchedulerApp:
+        await self.control.configs.load()
         self._background = asyncio.create_task(self._run_background(), name="scheduler background")
         return self
 
@@ -60,6 +69,17 @@ class SchedulerApp:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.control.reaper.run(), name="idle-unload reaper")
             group.create_task(self._sweep_loop(), name="worker sweeper")
+            group.create_task(self._autoscale_loop(), name="autoscaler")
+
+    async def _autoscale_loop(self) -> None:
+        """Every autoscale interval, re-place, scale up and scale down (see autoscale.py)."""
+        while not self._stop.is_set():
+            try:
+                await self.control.autoscale_once(self.clock.monotonic())
+            except Exception:  # one failed pass must not stop scaling for good
+                _log.exception("autoscale pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.autoscale_interval)
 
     async def _sweep_loop(self) -> None:
         """Every heartbeat interval, forget dead workers and expired leases."""

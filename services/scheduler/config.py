@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from services.common.env import SettingError, env_duration, env_int, env_str
+from services.common.env import (
+    SettingError,
+    env_duration,
+    env_float,
+    env_int,
+    env_path,
+    env_str,
+)
+from services.scheduler.routing import POLICY_NAMES
 
 __all__ = ["SchedulerSettings"]
 
 _DEFAULT_KEEP_ALIVE = 300.0
 _DEFAULT_HEARTBEAT_INTERVAL = 2.0
 _MISSED_HEARTBEATS = 3
+
+
+def _default_state_path() -> Path:
+    return Path("~/.model-runner/scheduler/model-configs.json").expanduser()
 
 
 @dataclass(frozen=True)
@@ -24,7 +37,10 @@ class SchedulerSettings:
     worker_timeout: float = _DEFAULT_HEARTBEAT_INTERVAL * _MISSED_HEARTBEATS
     load_timeout: float = 300.0
     lease_timeout: float = 900.0
-    max_waiting_per_model: int = 64
+    # Requests waiting per model, for a load or for a free slot; more -> 503 at once.
+    max_waiting_per_model: int = 256
+    # Longest wait for a free slot once the model is loaded (a cold load adds load_timeout).
+    queue_timeout: float = 60.0
     max_leases: int = 65_536
     rpc_timeout: float = 10.0
     # 0 disables the cache: every Assign asks the registry.
@@ -32,6 +48,28 @@ class SchedulerSettings:
     resolve_cache_entries: int = 1024
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
+    # Per-model configurations (/engines/_configure); None keeps them in memory only.
+    state_path: Path | None = field(default_factory=_default_state_path)
+    # Tokens of context per slot when neither the configuration nor the package says; a model
+    # trained on less gets its training context.
+    default_context_size: int = 4096
+    # llama-server slots per replica when the configuration does not say.
+    default_parallel: int = 4
+    # llama-server's --cache-ram (prompt cache in RAM, MiB) when the configuration does not set
+    # it: llama.cpp's own default (8 GiB) would make every memory estimate meaningless.
+    default_prompt_cache_mib: int = 256
+    # Replicas per model when the configuration does not say (1: no load-based scale-up).
+    default_max_replicas: int = 1
+    routing: str = "affinity"
+    affinity_entries: int = 100_000
+    # Affinity yields to load when its replica has this many more requests than the least busy.
+    affinity_max_imbalance: int = 2
+    # Scale up when waiting requests per replica stay above this for scale_up_after.
+    scale_up_queue: float = 2.0
+    scale_up_after: float = 2.0
+    # A replica above the model's minimum (and above one) idle this long is unloaded.
+    scale_down_after: float = 60.0
+    autoscale_interval: float = 0.5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SchedulerSettings:
@@ -60,6 +98,27 @@ class SchedulerSettings:
             ),
             shutdown_grace=env_duration(env, "SCHEDULER_SHUTDOWN_GRACE", cls.shutdown_grace),
             log_level=env_str(env, "LOG_LEVEL", cls.log_level),
+            state_path=_state_path(env),
+            default_context_size=env_int(
+                env, "SCHEDULER_DEFAULT_CONTEXT_SIZE", cls.default_context_size
+            ),
+            default_parallel=env_int(env, "SCHEDULER_DEFAULT_PARALLEL", cls.default_parallel),
+            default_prompt_cache_mib=env_int(
+                env, "SCHEDULER_PROMPT_CACHE_MIB", cls.default_prompt_cache_mib
+            ),
+            default_max_replicas=env_int(env, "SCHEDULER_MAX_REPLICAS", cls.default_max_replicas),
+            queue_timeout=env_duration(env, "SCHEDULER_QUEUE_TIMEOUT", cls.queue_timeout),
+            routing=env_str(env, "SCHEDULER_ROUTING", cls.routing),
+            affinity_entries=env_int(env, "SCHEDULER_AFFINITY_ENTRIES", cls.affinity_entries),
+            affinity_max_imbalance=env_int(
+                env, "SCHEDULER_AFFINITY_MAX_IMBALANCE", cls.affinity_max_imbalance
+            ),
+            scale_up_queue=env_float(env, "SCHEDULER_SCALE_UP_QUEUE", cls.scale_up_queue),
+            scale_up_after=env_duration(env, "SCHEDULER_SCALE_UP_AFTER", cls.scale_up_after),
+            scale_down_after=env_duration(env, "SCHEDULER_SCALE_DOWN_AFTER", cls.scale_down_after),
+            autoscale_interval=env_duration(
+                env, "SCHEDULER_AUTOSCALE_INTERVAL", cls.autoscale_interval
+            ),
         )
         settings.validate()
         return settings
@@ -74,6 +133,15 @@ class SchedulerSettings:
             "SCHEDULER_MAX_WAITING_PER_MODEL": self.max_waiting_per_model,
             "SCHEDULER_MAX_LEASES": self.max_leases,
             "SCHEDULER_RESOLVE_CACHE_ENTRIES": self.resolve_cache_entries,
+            "SCHEDULER_QUEUE_TIMEOUT": self.queue_timeout,
+            "SCHEDULER_DEFAULT_CONTEXT_SIZE": self.default_context_size,
+            "SCHEDULER_DEFAULT_PARALLEL": self.default_parallel,
+            "SCHEDULER_MAX_REPLICAS": self.default_max_replicas,
+            "SCHEDULER_AFFINITY_ENTRIES": self.affinity_entries,
+            "SCHEDULER_SCALE_UP_QUEUE": self.scale_up_queue,
+            "SCHEDULER_SCALE_UP_AFTER": self.scale_up_after,
+            "SCHEDULER_SCALE_DOWN_AFTER": self.scale_down_after,
+            "SCHEDULER_AUTOSCALE_INTERVAL": self.autoscale_interval,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -86,9 +154,29 @@ class SchedulerSettings:
             raise SettingError(
                 f"SCHEDULER_SHUTDOWN_GRACE must not be negative: {self.shutdown_grace}"
             )
+        if self.default_prompt_cache_mib < 0:
+            raise SettingError(
+                f"SCHEDULER_PROMPT_CACHE_MIB must not be negative: {self.default_prompt_cache_mib}"
+            )
+        if self.affinity_max_imbalance < 0:
+            raise SettingError(
+                "SCHEDULER_AFFINITY_MAX_IMBALANCE must not be negative: "
+                f"{self.affinity_max_imbalance}"
+            )
+        if self.routing not in POLICY_NAMES:
+            raise SettingError(
+                f"SCHEDULER_ROUTING must be one of {', '.join(POLICY_NAMES)}, got {self.routing!r}"
+            )
         # One late heartbeat must not look like a dead worker.
         if self.worker_timeout <= self.heartbeat_interval:
             raise SettingError(
                 "SCHEDULER_WORKER_TIMEOUT must be longer than SCHEDULER_HEARTBEAT_INTERVAL "
                 f"({self.worker_timeout}s <= {self.heartbeat_interval}s)"
             )
+
+
+def _state_path(env: Mapping[str, str]) -> Path | None:
+    """SCHEDULER_STATE_PATH; set but empty keeps configurations in memory only."""
+    if "SCHEDULER_STATE_PATH" in env and not env["SCHEDULER_STATE_PATH"].strip():
+        return None
+    return env_path(env, "SCHEDULER_STATE_PATH", _default_state_path())

@@ -1,36 +1,61 @@
 """The scheduler's operations, in domain terms: what each RPC does, without any proto.
 
-`ControlPlane` composes the owners of state (membership, leases, loader) and the policies. Every
-state change happens between awaits, so an Assign that routes and takes a lease does so in one
-step of the event loop, and no lock is needed.
+`ControlPlane` composes the owners of state (membership, leases, loader, queue, configurations)
+and the pure policies (placement, routing, autoscaling). Every state change happens between
+awaits: an Assign that finds a free slot takes its lease in one step of the event loop, and a
+released slot is handed to the next waiter in the same step as the release. No lock is needed.
+
+Capacity is counted in llama-server slots: a replica takes at most `parallel` leases; further
+requests wait in the model's queue (priority order) instead of piling up inside llama-server, so
+the scheduler sees the real demand and can add replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from services.common.clock import Clock
+from services.scheduler.autoscale import ModelLoad, ScalePolicy
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.errors import InvalidRequest, NoWorkerAvailable, SchedulerError
+from services.scheduler.errors import (
+    InsufficientMemory,
+    InvalidRequest,
+    LoadTimeout,
+    ModelBusy,
+    NoWorkerAvailable,
+    QueueFull,
+    SchedulerError,
+)
 from services.scheduler.keepalive import Reaper
 from services.scheduler.leases import LeaseTable
-from services.scheduler.loader import Loader
+from services.scheduler.loader import Loader, LoadOutcome
 from services.scheduler.membership import Membership
+from services.scheduler.memory import MemoryEstimate, estimate_memory, model_context_limit
+from services.scheduler.model_configs import (
+    ConfigEntry,
+    ConfigStore,
+    ModelRuntimeConfig,
+    effective_keep_alive,
+)
+from services.scheduler.placement import PlacementRefusal, plan_placement
+from services.scheduler.queue import RequestQueue, Waiter
 from services.scheduler.resolver import ModelResolver, ResolvedModel, normalize_reference
-from services.scheduler.routing import RouteRequest, RoutingPolicy, least_loaded
+from services.scheduler.routing import RouteRequest, RoutingPolicy, make_policy
+from services.scheduler.runtime_flags import cache_ram_bytes
 from services.scheduler.snapshot import (
     ClusterSnapshot,
     RunnerReport,
     RunnerState,
     RunnerView,
     WorkerSpec,
+    WorkerView,
 )
-from services.scheduler.workers import WorkerClient
+from services.scheduler.workers import LoadOptions, WorkerClient
 
-__all__ = ["Assignment", "ControlPlane", "PlacementStatus"]
+__all__ = ["Assignment", "ControlPlane", "PlacementStatus", "WorkerStatus"]
 
 _log = logging.getLogger(__name__)
 
@@ -50,6 +75,21 @@ class PlacementStatus:
     # Unix seconds; None when never used / never expiring.
     last_used: float | None
     expires: float | None
+    queued: int
+    worker_tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    worker: WorkerView
+    # Unix seconds.
+    last_seen: float
+    memory_reserved_bytes: int
+
+
+def _live(runner: RunnerView) -> bool:
+    """Serving, or about to: counts as a replica."""
+    return runner.routable or runner.pending or runner.state is RunnerState.STARTING
 
 
 class ControlPlane:
@@ -60,34 +100,52 @@ class ControlPlane:
         resolver: ModelResolver,
         workers: WorkerClient,
         clock: Clock,
-        policy: RoutingPolicy = least_loaded,
+        configs: ConfigStore | None = None,
+        policy: RoutingPolicy | None = None,
     ) -> None:
         self._settings = settings
         self._resolver = resolver
         self._workers = workers
         self._clock = clock
-        self._policy = policy
+        self.configs = configs if configs is not None else ConfigStore(None)
+        self.policy = policy or make_policy(
+            settings.routing,
+            affinity_entries=settings.affinity_entries,
+            max_imbalance=settings.affinity_max_imbalance,
+        )
         self.membership = Membership(
             worker_timeout=settings.worker_timeout, confirm_grace=settings.heartbeat_interval
         )
         self.leases = LeaseTable(
             lease_timeout=settings.lease_timeout, max_leases=settings.max_leases
         )
+        self.queue: RequestQueue[Assignment] = RequestQueue(
+            max_waiting=settings.max_waiting_per_model
+        )
         self.loader = Loader(
             membership=self.membership,
             workers=workers,
             clock=clock,
             load_timeout=settings.load_timeout,
-            max_waiting=settings.max_waiting_per_model,
             rpc_timeout=settings.rpc_timeout,
+            on_finished=self._load_finished,
         )
         self.reaper = Reaper(
             membership=self.membership,
             leases=self.leases,
-            loader=self.loader,
             clock=clock,
-            keep_alive=settings.keep_alive,
+            keep_alive_for=self.keep_alive_for,
+            protected=self._protected_from_idle_unload,
+            unload=self.loader.unload,
         )
+        self.scaling = ScalePolicy(
+            queue_threshold=settings.scale_up_queue,
+            up_after=settings.scale_up_after,
+            down_after=settings.scale_down_after,
+        )
+        # The last resolution of every model with waiters or replicas, so background scaling can
+        # load it without asking the registry again. Pruned by `autoscale_once`.
+        self._models: dict[str, ResolvedModel] = {}
 
     def snapshot(self) -> ClusterSnapshot:
         return self.membership.snapshot(self._clock.monotonic(), self.leases.in_flight())
@@ -101,53 +159,98 @@ class ControlPlane:
             raise InvalidRequest(f"worker {spec.worker_id} did not say its address")
         previous = self.membership.register(spec, runners, self._clock.monotonic())
         _log.info(
-            "worker %s registered at %s with %d runner(s)%s",
+            "worker %s registered at %s with tags %s and %d runner(s)%s",
             spec.worker_id,
             spec.address,
+            dict(spec.tags),
             len(runners),
             " (replacing its previous entry)" if previous else "",
         )
         if previous is not None and previous.address != spec.address:
             self.leases.drop_worker(spec.worker_id)
             await self._discard_address(previous.address)
+        self._dispatch_all()
 
     def heartbeat(
-        self, worker_id: str, runners: Sequence[RunnerReport], memory_free_bytes: int
+        self,
+        worker_id: str,
+        runners: Sequence[RunnerReport],
+        memory_free_bytes: int,
+        *,
+        cache_bytes: int = 0,
     ) -> bool:
         known = self.membership.heartbeat(
-            worker_id, runners, memory_free_bytes, self._clock.monotonic()
+            worker_id, runners, memory_free_bytes, self._clock.monotonic(), cache_bytes=cache_bytes
         )
         if not known:
             _log.info("heartbeat from unknown worker %s: asking it to register", worker_id)
-        return known
+            return False
+        for report in runners:
+            if report.state in (RunnerState.FAILED, RunnerState.STOPPED):
+                self.policy.forget(worker_id, report.model_id)
+        self._dispatch_all()
+        return True
 
     # Requests --------------------------------------------------------------------------------
 
     async def assign(
-        self, model: str, *, affinity_key: str = "", timeout: float | None = None
+        self,
+        model: str,
+        *,
+        affinity_key: str = "",
+        prefix_hashes: Sequence[int] = (),
+        priority: int = 0,
+        required_tags: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Assignment:
-        """A lease on a READY replica of `model`, loading it first if no worker has it.
+        """A lease on a replica of `model` with a free slot: at once if there is one, else after
+        waiting in the model's queue (loading the model first if nothing serves it).
 
-        `timeout` is what is left of the caller's deadline; the load wait is bounded by it and
-        by the load timeout.
+        `timeout` is what is left of the caller's deadline; the wait is bounded by it, by the
+        queue timeout and, while the model loads, by the load timeout.
         """
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        started = loop.time()
         rpc_timeout = self._settings.rpc_timeout
         resolved = await self._resolver.resolve(
             model, timeout=rpc_timeout if timeout is None else min(rpc_timeout, timeout)
         )
-        assignment = self._route(resolved, affinity_key)
-        if assignment is not None:
-            return assignment
-        wait = self._settings.load_timeout
-        if deadline is not None:
-            wait = min(wait, deadline - loop.time())
-        await self.loader.ensure_loaded(resolved, self.snapshot(), timeout=wait)
-        assignment = self._route(resolved, affinity_key)
-        if assignment is None:
-            raise NoWorkerAvailable(f"{resolved.reference} was loaded but its runner went away")
-        return assignment
+        model_id = resolved.model_id
+        self._models[model_id] = resolved
+        tags = self._required_tags(model_id, required_tags)
+        request = RouteRequest(
+            model_id=model_id, affinity_key=affinity_key, prefix_hashes=tuple(prefix_hashes)
+        )
+        if self.queue.waiting(model_id) == 0:
+            assignment = self._route(resolved, request, tags)
+            if assignment is not None:
+                return assignment
+        self._ensure_replica(resolved, tags)
+        waiter = self.queue.enqueue(model_id, request, priority, tags)
+        self._dispatch(model_id)
+        wait = self._settings.queue_timeout
+        loading = self.loader.busy(model_id)
+        if loading:
+            wait += self._settings.load_timeout
+        if timeout is not None:
+            wait = min(wait, timeout - (loop.time() - started))
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                return await asyncio.shield(waiter.future)
+        except TimeoutError:
+            if waiter.future.done() and not waiter.future.exception():
+                return waiter.future.result()
+            self.queue.discard(waiter)
+            if self.loader.busy(model_id):
+                raise LoadTimeout(
+                    f"{resolved.reference} was not ready within {max(wait, 0.0):.1f}s"
+                ) from None
+            raise QueueFull(
+                f"waited {max(wait, 0.0):.1f}s for a free slot of {resolved.reference}; retry later"
+            ) from None
+        except asyncio.CancelledError:
+            self._abandon(waiter)
+            raise
 
     def release(self, lease_id: str, *, runner_failed: bool = False) -> None:
         lease = self.leases.release(lease_id)
@@ -155,25 +258,87 @@ class ControlPlane:
         if runner_failed and self.membership.mark_failed(
             lease.worker_id, lease.model_id, lease.generation, "a request saw the runner fail"
         ):
+            self.policy.forget(lease.worker_id, lease.model_id)
             _log.warning(
                 "runner %s on worker %s failed during a request: no longer routed to",
                 lease.model_id,
                 lease.worker_id,
             )
+        self._dispatch(lease.model_id)
         self.reaper.poke()
+
+    # Configuration ---------------------------------------------------------------------------
+
+    def keep_alive_for(self, model_id: str) -> float | None:
+        """Seconds an idle runner of the model stays loaded; None: never unloaded."""
+        entry = self.configs.get(model_id)
+        return effective_keep_alive(entry.config if entry else None, self._settings.keep_alive)
+
+    async def configure(self, model: str, config: ModelRuntimeConfig) -> ConfigEntry:
+        """Store the model's configuration; idle runners started with the old one are unloaded,
+        so the next load (or the autoscaler, for min_replicas) uses the new one."""
+        config.validate()
+        resolved = await self._resolver.resolve(model, timeout=self._settings.rpc_timeout)
+        runners = self._replicas(resolved.model_id)
+        busy = [r for r in runners if r.busy or r.pending or r.state is RunnerState.STARTING]
+        if busy or self.queue.waiting(resolved.model_id):
+            raise ModelBusy(
+                f"{resolved.reference} is serving or loading on worker "
+                f"{busy[0].worker_id if busy else '?'}; configure it when it is idle"
+            )
+        entry = ConfigEntry(model_id=resolved.model_id, reference=resolved.reference, config=config)
+        await self.configs.put(entry)
+        self._models[resolved.model_id] = resolved
+        _log.info("configured %s: %s", resolved.reference, config)
+        if runners:
+            await self.loader.unload(runners)
+        return entry
+
+    async def model_configs(self, model: str = "") -> list[ConfigEntry]:
+        if not model.strip():
+            return self.configs.entries()
+        resolved = await self._resolver.resolve(model, timeout=self._settings.rpc_timeout)
+        entry = self.configs.get(resolved.model_id)
+        return [entry] if entry else []
 
     # Status and operator actions -------------------------------------------------------------
 
     def placements(self) -> list[PlacementStatus]:
         now = self._clock.monotonic()
         to_wall = self._clock.wall() - now
-        keep_alive = self._settings.keep_alive
+        snapshot = self.membership.snapshot(now, self.leases.in_flight())
         statuses = []
-        for runner in self.membership.snapshot(now, self.leases.in_flight()).runners():
-            last_used = None if runner.last_used is None else runner.last_used + to_wall
-            expires = None if keep_alive is None else runner.idle_since + keep_alive + to_wall
-            statuses.append(PlacementStatus(runner=runner, last_used=last_used, expires=expires))
+        for worker in snapshot.alive_workers():
+            for runner in worker.runners:
+                keep_alive = self.keep_alive_for(runner.model_id)
+                last_used = None if runner.last_used is None else runner.last_used + to_wall
+                expires = None if keep_alive is None else runner.idle_since + keep_alive + to_wall
+                statuses.append(
+                    PlacementStatus(
+                        runner=runner,
+                        last_used=last_used,
+                        expires=expires,
+                        queued=self.queue.waiting(runner.model_id),
+                        worker_tags=worker.spec.tags,
+                    )
+                )
         return statuses
+
+    def workers(self) -> list[WorkerStatus]:
+        now = self._clock.monotonic()
+        to_wall = self._clock.wall() - now
+        return [
+            WorkerStatus(
+                worker=worker,
+                last_seen=worker.last_seen + to_wall,
+                memory_reserved_bytes=sum(
+                    r.report.memory_bytes
+                    for r in worker.runners
+                    if r.state not in (RunnerState.FAILED, RunnerState.STOPPED)
+                ),
+            )
+            for worker in self.membership.snapshot(now, self.leases.in_flight()).workers
+        ]
 
     async def unload_models(self, *, everything: bool, models: Sequence[str]) -> int:
         """Unload idle runners of the named models (or of all); busy runners stay, as in DMR."""
@@ -190,6 +355,7 @@ class ControlPlane:
             and not runner.pending
             and runner.state is not RunnerState.STARTING
             and not self.loader.busy(runner.model_id)
+            and not self.queue.waiting(runner.model_id)
         ]
         return await self.loader.unload(targets)
 
@@ -213,7 +379,35 @@ class ControlPlane:
             )
             self.membership.touch(lease.worker_id, lease.model_id, now)
         if dead or expired:
+            self._dispatch_all()
             self.reaper.poke()
+
+    async def autoscale_once(self, now: float) -> None:
+        """Re-place models whose waiters lost every replica, add replicas under pressure or
+        below the configured minimum, and remove extra idle ones."""
+        for model_id in self.queue.models():
+            resolved = self._models.get(model_id)
+            if resolved is None:
+                continue
+            if not any(_live(r) for r in self._replicas(model_id)):
+                try:
+                    self._ensure_replica(resolved, self._required_tags(model_id, None))
+                except SchedulerError as exc:
+                    failed = self.queue.fail_all(model_id, exc)
+                    _log.warning("%d request(s) for %s failed: %s", failed, model_id, exc)
+        await self._start_missing_minimums()
+        loads = [self._model_load(model_id) for model_id in self._tracked_models()]
+        decision = self.scaling.decide(loads, now)
+        for model_id in decision.scale_up:
+            self._scale_up(model_id)
+        if decision.scale_down:
+            for runner in decision.scale_down:
+                _log.info(
+                    "scaling %s down: replica on worker %s idle", runner.model_id, runner.worker_id
+                )
+            await self.loader.unload(decision.scale_down)
+        for model_id in [m for m in self._models if m not in set(self._tracked_models())]:
+            del self._models[model_id]
 
     async def aclose(self) -> None:
         self.reaper.stop()
@@ -221,19 +415,42 @@ class ControlPlane:
         await self._workers.aclose()
         await self._resolver.aclose()
 
-    # Internals -------------------------------------------------------------------------------
+    # Internals: routing and queueing ---------------------------------------------------------
 
-    def _route(self, model: ResolvedModel, affinity_key: str) -> Assignment | None:
-        now = self._clock.monotonic()
-        snapshot = self.membership.snapshot(now, self.leases.in_flight())
-        chosen = self._policy(
-            snapshot.replicas(model.model_id),
-            RouteRequest(model_id=model.model_id, affinity_key=affinity_key),
+    def _slots(self, runner: RunnerView) -> int:
+        if runner.report.parallel > 0:
+            return runner.report.parallel
+        entry = self.configs.get(runner.model_id)
+        if entry is not None and entry.config.parallel > 0:
+            return entry.config.parallel
+        return self._settings.default_parallel
+
+    def _replicas(
+        self, model_id: str, required_tags: Mapping[str, str] | None = None
+    ) -> list[RunnerView]:
+        replicas = self.membership.replicas(
+            model_id, self._clock.monotonic(), self.leases.in_flight_view()
         )
+        if required_tags:
+            matching = self.membership.workers_with_tags(required_tags)
+            replicas = [r for r in replicas if r.worker_id in matching]
+        return replicas
+
+    def _route(
+        self, model: ResolvedModel, request: RouteRequest, tags: Mapping[str, str]
+    ) -> Assignment | None:
+        free = [
+            r
+            for r in self._replicas(model.model_id, tags)
+            if r.routable and r.in_flight < self._slots(r)
+        ]
+        chosen = self.policy.choose(free, request)
         if chosen is None:
             return None
+        now = self._clock.monotonic()
         lease = self.leases.create(chosen.worker_id, model.model_id, chosen.report.generation, now)
         self.membership.touch(chosen.worker_id, model.model_id, now, assigned=True)
+        self.policy.record(chosen, request)
         return Assignment(
             lease_id=lease.lease_id,
             worker_id=chosen.worker_id,
@@ -241,6 +458,185 @@ class ControlPlane:
             model_id=model.model_id,
             reference=model.reference,
         )
+
+    def _dispatch(self, model_id: str) -> None:
+        """Serve the model's waiters, in priority order, while a replica has a free slot."""
+        model = self._models.get(model_id)
+        if model is None:
+            return
+        while (waiter := self.queue.peek(model_id)) is not None:
+            if waiter.future.done():
+                self.queue.discard(waiter)
+                continue
+            assignment = self._route(model, waiter.request, waiter.required_tags)
+            if assignment is None:
+                return
+            self.queue.serve(waiter, assignment)
+
+    def _dispatch_all(self) -> None:
+        for model_id in self.queue.models():
+            self._dispatch(model_id)
+
+    def _abandon(self, waiter: Waiter[Assignment]) -> None:
+        """The caller went away while waiting; a lease it was just given goes back."""
+        self.queue.discard(waiter)
+        future = waiter.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            self.release(future.result().lease_id)
+
+    def _required_tags(
+        self, model_id: str, requested: Mapping[str, str] | None
+    ) -> Mapping[str, str]:
+        entry = self.configs.get(model_id)
+        configured = entry.config.required_tags if entry else {}
+        if not requested:
+            return configured
+        return {**configured, **requested}
+
+    # Internals: loads ------------------------------------------------------------------------
+
+    def _load_options(self, model: ResolvedModel) -> tuple[LoadOptions, MemoryEstimate]:
+        entry = self.configs.get(model.model_id)
+        config = entry.config if entry else ModelRuntimeConfig()
+        parallel = config.parallel or self._settings.default_parallel
+        context = config.context_size or model.model.config.context_size
+        if context <= 0:
+            trained = model_context_limit(model.model)
+            default = self._settings.default_context_size
+            context = min(trained, default) if trained > 0 else default
+        args = config.llama_args
+        prompt_cache = cache_ram_bytes(args)
+        if prompt_cache is None:
+            mib = self._settings.default_prompt_cache_mib
+            args = ("--cache-ram", str(mib), *args)
+            prompt_cache = mib << 20
+        estimate = estimate_memory(
+            model.model, context_size=context, parallel=parallel, prompt_cache_bytes=prompt_cache
+        )
+        options = LoadOptions(
+            context_size=context,
+            parallel=parallel,
+            llama_args=args,
+            memory_bytes=estimate.total_bytes,
+        )
+        return options, estimate
+
+    def _ensure_replica(self, model: ResolvedModel, tags: Mapping[str, str]) -> None:
+        """Start a load if nothing serves the model or is about to. Raises NoWorkerAvailable or
+        InsufficientMemory when no worker can take it."""
+        if self.loader.busy(model.model_id):
+            return
+        if any(_live(r) for r in self._replicas(model.model_id, tags)):
+            return
+        self._start_load(model, tags, exclude=frozenset())
+
+    def _start_load(
+        self, model: ResolvedModel, tags: Mapping[str, str], *, exclude: frozenset[str]
+    ) -> None:
+        options, estimate = self._load_options(model)
+        plan = plan_placement(
+            self.snapshot(),
+            model.model_id,
+            model.reference,
+            estimate,
+            required_tags=tags,
+            evictable=self._evictable,
+            exclude_workers=exclude,
+        )
+        if isinstance(plan, PlacementRefusal):
+            if plan.insufficient_memory:
+                raise InsufficientMemory(plan.reason)
+            raise NoWorkerAvailable(plan.reason)
+        self.loader.start(model, plan.worker.spec, options, plan.evict)
+
+    def _evictable(self, runner: RunnerView) -> bool:
+        """An idle runner that may make room: not serving, not loading, nobody waiting for its
+        model, and not one of the replicas its configured minimum keeps."""
+        if runner.busy or runner.pending or runner.state is RunnerState.STARTING:
+            return False
+        if self.loader.busy(runner.model_id) or self.queue.waiting(runner.model_id):
+            return False
+        return runner.state is not RunnerState.READY or not self._at_minimum(runner.model_id)
+
+    def _protected_from_idle_unload(self, runner: RunnerView) -> bool:
+        """The reaper keeps a model's configured minimum and any model with waiters."""
+        if self.queue.waiting(runner.model_id) or self.loader.busy(runner.model_id):
+            return True
+        return self._at_minimum(runner.model_id)
+
+    def _at_minimum(self, model_id: str) -> bool:
+        """Unloading one more ready replica would go below the model's configured minimum."""
+        entry = self.configs.get(model_id)
+        minimum = entry.config.min_replicas if entry else 0
+        if minimum == 0:
+            return False
+        return sum(1 for r in self._replicas(model_id) if r.routable) <= minimum
+
+    def _load_finished(self, outcome: LoadOutcome) -> None:
+        model_id = outcome.model.model_id
+        if outcome.error is None:
+            self._dispatch(model_id)
+            return
+        if self.loader.busy(model_id) or any(r.routable for r in self._replicas(model_id)):
+            return
+        failed = self.queue.fail_all(model_id, outcome.error)
+        if failed:
+            _log.warning("%d request(s) for %s failed with the load", failed, model_id)
+
+    # Internals: scaling ----------------------------------------------------------------------
+
+    def _tracked_models(self) -> list[str]:
+        tracked = set(self.queue.models())
+        tracked.update(r.model_id for r in self.snapshot().runners())
+        tracked.update(entry.model_id for entry in self.configs.entries())
+        return sorted(tracked)
+
+    def _max_replicas(self, model_id: str) -> int:
+        entry = self.configs.get(model_id)
+        if entry is not None and entry.config.max_replicas > 0:
+            return entry.config.max_replicas
+        return self._settings.default_max_replicas
+
+    def _model_load(self, model_id: str) -> ModelLoad:
+        replicas = self._replicas(model_id)
+        ready = [r for r in replicas if r.routable]
+        idle = sorted((r for r in ready if not r.busy), key=lambda r: r.idle_since)
+        entry = self.configs.get(model_id)
+        return ModelLoad(
+            model_id=model_id,
+            waiting=self.queue.waiting(model_id),
+            ready=len(ready),
+            starting=self.loader.loading(model_id),
+            idle=tuple(idle),
+            min_replicas=entry.config.min_replicas if entry else 0,
+            max_replicas=max(
+                self._max_replicas(model_id), entry.config.min_replicas if entry else 0
+            ),
+        )
+
+    def _scale_up(self, model_id: str) -> None:
+        model = self._models.get(model_id)
+        if model is None:
+            return
+        have = frozenset(r.worker_id for r in self._replicas(model_id))
+        try:
+            self._start_load(model, self._required_tags(model_id, None), exclude=have)
+        except SchedulerError as exc:
+            _log.info("no room for another replica of %s: %s", model.reference, exc)
+            return
+        _log.info("scaling %s up to %d replica(s)", model.reference, len(have) + 1)
+
+    async def _start_missing_minimums(self) -> None:
+        """Resolve configured models with a minimum that nobody asked for yet."""
+        for entry in self.configs.entries():
+            if entry.config.min_replicas <= 0 or entry.model_id in self._models:
+                continue
+            try:
+                self._models[entry.model_id] = await self._resolver.resolve(
+                    entry.model_id, timeout=self._settings.rpc_timeout
+                )
+            except SchedulerError as exc:
+                _log.warning("configured model %s cannot be resolved: %s", entry.reference, exc)
 
     async def _identities(self, text: str) -> set[str]:
         """Ids and references a user's model string may match, even for a model the registry no

@@ -20,6 +20,7 @@ def runner_from_proto(info: common_pb2.RunnerInfo) -> RunnerReport:
         memory_bytes=info.memory_bytes,
         error=info.error,
         context_size=info.context_size,
+        parallel=info.parallel,
     )
 
 
@@ -33,4 +34,5 @@ def runner_to_proto(report: RunnerReport, *, in_flight: int | None = None) -> co
         memory_bytes=report.memory_bytes,
         error=report.error,
         context_size=report.context_size,
+        parallel=report.parallel,
     )

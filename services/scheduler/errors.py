@@ -5,22 +5,28 @@ SchedulerError
 │   └── InvalidModelReference  INVALID_ARGUMENT   the model string is not a reference
 ├── ModelNotFound              NOT_FOUND          the registry does not have the model
 ├── UnknownLease               NOT_FOUND          released twice, expired, or from before a restart
+├── ModelBusy                  FAILED_PRECONDITION  reconfiguring a model while it serves requests
+├── InsufficientMemory         RESOURCE_EXHAUSTED  no worker fits the model even after eviction
+│                                                  (reason "insufficient-memory": HTTP 507)
 ├── Unavailable                UNAVAILABLE        nothing can serve the request right now
 │   ├── NoWorkerAvailable      no alive worker matches
 │   ├── LoadFailed             the worker could not start the model (carries its reason)
 │   ├── RegistryUnavailable    the registry did not answer
 │   └── ShuttingDown           the scheduler is stopping
 ├── LoadTimeout                DEADLINE_EXCEEDED  the load outlived its deadline
-└── QueueFull                  RESOURCE_EXHAUSTED too many waiters on a load, or too many leases
+└── QueueFull                  RESOURCE_EXHAUSTED the model's queue is full, a wait for a slot timed
+                                                  out, or too many leases (reason "queue-full")
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "InsufficientMemory",
     "InvalidModelReference",
     "InvalidRequest",
     "LoadFailed",
     "LoadTimeout",
+    "ModelBusy",
     "ModelNotFound",
     "NoWorkerAvailable",
     "QueueFull",
@@ -50,6 +56,14 @@ class ModelNotFound(SchedulerError):
 
 class UnknownLease(SchedulerError):
     """The lease id is not in the table (already released, expired, or issued before a restart)."""
+
+
+class ModelBusy(SchedulerError):
+    """The model's configuration cannot change while one of its runners serves requests."""
+
+
+class InsufficientMemory(SchedulerError):
+    """No worker that may run the model has the memory for it, even after evicting idle models."""
 
 
 class Unavailable(SchedulerError):
@@ -83,4 +97,4 @@ class LoadTimeout(SchedulerError):
 
 
 class QueueFull(SchedulerError):
-    """A bound was hit: waiters on one load, or leases in flight. Answered at once, never queued."""
+    """A bound was hit: the model's queue, its wait deadline, or the leases in flight."""

@@ -1,8 +1,10 @@
-"""The idle-unload reaper: a runner nobody used for `keep_alive` seconds is unloaded.
+"""The idle-unload reaper: a runner nobody used for its model's keep-alive is unloaded.
 
 `reap_once(now)` does one pass and says when the next runner will fall due, so tests drive it
 with a fake clock. `run()` repeats it, sleeping on an Event until that moment or until `poke()`
-(a lease was released, which with keep-alive 0 means "unload now").
+(a lease was released, which with keep-alive 0 means "unload now"). Keep-alive is per model
+(`/engines/_configure` may override MODEL_KEEP_ALIVE); the control plane says which runners are
+protected (a configured minimum, requests waiting for the model, a load in progress).
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 from services.common.clock import Clock
 from services.scheduler.leases import LeaseTable
-from services.scheduler.loader import Loader
 from services.scheduler.membership import Membership
 from services.scheduler.snapshot import ClusterSnapshot, RunnerState, RunnerView
 
@@ -21,30 +23,35 @@ __all__ = ["Reaper", "due_runners"]
 
 _log = logging.getLogger(__name__)
 
-# A runner skipped only because its model is loading is looked at again this much later.
-_RECHECK_BUSY_MODEL = 1.0
+# A runner skipped only because it is protected is looked at again this much later.
+_RECHECK_PROTECTED = 1.0
 # The loop never spins faster than this, whatever the clock says.
 _MIN_WAIT = 0.05
 
+KeepAliveFor = Callable[[str], float | None]
+
 
 def due_runners(
-    snapshot: ClusterSnapshot, keep_alive: float | None, loading: frozenset[str] = frozenset()
+    snapshot: ClusterSnapshot,
+    keep_alive_for: KeepAliveFor,
+    protected: Callable[[RunnerView], bool] = lambda runner: False,
 ) -> tuple[list[RunnerView], float | None]:
     """Runners to unload now, and the monotonic time the next idle one falls due (None: never).
 
     Busy runners are not counted towards the next time: their release pokes the reaper.
     """
-    if keep_alive is None:
-        return [], None
     now = snapshot.taken_at
     due: list[RunnerView] = []
     next_at: float | None = None
     for runner in snapshot.runners():
         if runner.pending or runner.state is RunnerState.STARTING or runner.busy:
             continue
+        keep_alive = keep_alive_for(runner.model_id)
+        if keep_alive is None:
+            continue
         at = runner.idle_since + keep_alive
-        if runner.model_id in loading:
-            at = max(at, now + _RECHECK_BUSY_MODEL)
+        if at <= now and protected(runner):
+            at = now + _RECHECK_PROTECTED
         elif at <= now:
             due.append(runner)
             continue
@@ -58,15 +65,17 @@ class Reaper:
         *,
         membership: Membership,
         leases: LeaseTable,
-        loader: Loader,
         clock: Clock,
-        keep_alive: float | None,
+        keep_alive_for: KeepAliveFor,
+        unload: Callable[[Sequence[RunnerView]], Awaitable[int]],
+        protected: Callable[[RunnerView], bool] = lambda runner: False,
     ) -> None:
         self._membership = membership
         self._leases = leases
-        self._loader = loader
         self._clock = clock
-        self._keep_alive = keep_alive
+        self._keep_alive_for = keep_alive_for
+        self._unload = unload
+        self._protected = protected
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -81,8 +90,7 @@ class Reaper:
     async def reap_once(self, now: float) -> float | None:
         """Unload every runner idle past keep-alive; returns when to look next (None: on poke)."""
         snapshot = self._membership.snapshot(now, self._leases.in_flight())
-        loading = frozenset(r.model_id for r in snapshot.runners() if self._loader.busy(r.model_id))
-        due, next_at = due_runners(snapshot, self._keep_alive, loading)
+        due, next_at = due_runners(snapshot, self._keep_alive_for, self._protected)
         if due:
             for runner in due:
                 _log.info(
@@ -91,7 +99,7 @@ class Reaper:
                     runner.worker_id,
                     now - runner.idle_since,
                 )
-            await self._loader.unload(due)
+            await self._unload(due)
         return next_at
 
     async def run(self) -> None:
@@ -102,7 +110,7 @@ class Reaper:
                 next_at = await self.reap_once(self._clock.monotonic())
             except Exception:  # one bad pass must not end idle unloading for good
                 _log.exception("idle-unload pass failed")
-                next_at = self._clock.monotonic() + _RECHECK_BUSY_MODEL
+                next_at = self._clock.monotonic() + _RECHECK_PROTECTED
             if self._stopping:
                 break
             timeout = None

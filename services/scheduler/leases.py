@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from services.scheduler.errors import QueueFull, UnknownLease
 
@@ -85,6 +87,10 @@ class LeaseTable:
     def in_flight(self) -> dict[RunnerKey, int]:
         """A copy of the in-flight count per (worker id, model id)."""
         return dict(self._in_flight)
+
+    def in_flight_view(self) -> Mapping[RunnerKey, int]:
+        """A read-only live view of the same counts, for the hot path (no copy per Assign)."""
+        return MappingProxyType(self._in_flight)
 
     def _forget(self, lease: Lease) -> None:
         key = (lease.worker_id, lease.model_id)

@@ -88,14 +88,22 @@ class Membership:
         return previous.spec if previous else None
 
     def heartbeat(
-        self, worker_id: str, runners: Sequence[RunnerReport], memory_free_bytes: int, now: float
+        self,
+        worker_id: str,
+        runners: Sequence[RunnerReport],
+        memory_free_bytes: int,
+        now: float,
+        *,
+        cache_bytes: int = 0,
     ) -> bool:
         """Refresh a worker and reconcile its runners; False if the worker must register again."""
         worker = self._workers.get(worker_id)
         if worker is None:
             return False
         worker.last_seen = now
-        worker.spec = replace(worker.spec, memory_free_bytes=memory_free_bytes)
+        worker.spec = replace(
+            worker.spec, memory_free_bytes=memory_free_bytes, cache_bytes=cache_bytes
+        )
         self._reconcile(worker, runners, now)
         return True
 
@@ -119,8 +127,19 @@ class Membership:
 
     # Runner changes made by the scheduler itself ----------------------------------------------
 
-    def reserve(self, worker_id: str, model_id: str, reference: str, now: float) -> bool:
-        """Record a load this scheduler is starting, so placement counts it and heartbeats keep it."""
+    def reserve(
+        self,
+        worker_id: str,
+        model_id: str,
+        reference: str,
+        now: float,
+        *,
+        memory_bytes: int = 0,
+        parallel: int = 0,
+        context_size: int = 0,
+    ) -> bool:
+        """Record a load this scheduler is starting, so placement counts its memory and heartbeats
+        keep it."""
         worker = self._workers.get(worker_id)
         if worker is None:
             return False
@@ -131,6 +150,9 @@ class Membership:
             reference=reference,
             state=RunnerState.STARTING,
             generation=generation,
+            memory_bytes=memory_bytes,
+            parallel=parallel,
+            context_size=context_size,
         )
         if current is None:
             worker.runners[model_id] = _Runner(report=report, first_seen=now, pending=True)
@@ -199,22 +221,53 @@ class Membership:
 
     # Reading ---------------------------------------------------------------------------------
 
+    def replicas(
+        self, model_id: str, now: float, in_flight: Mapping[tuple[str, str], int]
+    ) -> list[RunnerView]:
+        """The model's runners on alive workers, every state: the hot path's view, which costs one
+        dict lookup per worker instead of a whole snapshot."""
+        views = []
+        for worker_id, worker in self._workers.items():
+            runner = worker.runners.get(model_id)
+            if runner is None or not self._alive(worker, now):
+                continue
+            views.append(self._view(worker_id, worker, model_id, runner, in_flight))
+        return views
+
+    def workers_with_tags(self, required_tags: Mapping[str, str]) -> set[str]:
+        """Ids of the workers carrying every required tag with the same value."""
+        return {
+            worker_id
+            for worker_id, worker in self._workers.items()
+            if all(worker.spec.tags.get(key) == value for key, value in required_tags.items())
+        }
+
+    def _view(
+        self,
+        worker_id: str,
+        worker: _Worker,
+        model_id: str,
+        runner: _Runner,
+        in_flight: Mapping[tuple[str, str], int],
+    ) -> RunnerView:
+        return RunnerView(
+            worker_id=worker_id,
+            worker_address=worker.spec.address,
+            report=runner.report,
+            in_flight=in_flight.get((worker_id, model_id), 0),
+            pending=runner.pending,
+            first_seen=runner.first_seen,
+            last_used=runner.last_used,
+            last_assigned=runner.last_assigned,
+        )
+
     def snapshot(self, now: float, in_flight: Mapping[tuple[str, str], int]) -> ClusterSnapshot:
         """An immutable copy of every worker and runner; `in_flight` comes from the lease table."""
         workers = []
         for worker_id in sorted(self._workers):
             worker = self._workers[worker_id]
             runners = tuple(
-                RunnerView(
-                    worker_id=worker_id,
-                    worker_address=worker.spec.address,
-                    report=runner.report,
-                    in_flight=in_flight.get((worker_id, model_id), 0),
-                    pending=runner.pending,
-                    first_seen=runner.first_seen,
-                    last_used=runner.last_used,
-                    last_assigned=runner.last_assigned,
-                )
+                self._view(worker_id, worker, model_id, runner, in_flight)
                 for model_id, runner in sorted(worker.runners.items())
             )
             workers.append(

@@ -8,20 +8,31 @@ import grpc
 
 from modelrunner.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.control import ControlPlane, PlacementStatus
+from services.scheduler.control import ControlPlane, PlacementStatus, WorkerStatus
 from services.scheduler.convert import runner_from_proto, runner_to_proto
 from services.scheduler.errors import (
+    InsufficientMemory,
     InvalidRequest,
     LoadTimeout,
+    ModelBusy,
     ModelNotFound,
     QueueFull,
     SchedulerError,
     Unavailable,
     UnknownLease,
 )
-from services.scheduler.snapshot import WorkerSpec
+from services.scheduler.model_configs import ConfigEntry, config_from_proto, config_to_proto
+from services.scheduler.snapshot import WorkerSpec, WorkerView
 
-__all__ = ["SERVICE_NAME", "SchedulerServicer", "status_for"]
+__all__ = ["REASON_KEY", "SERVICE_NAME", "SchedulerServicer", "status_for"]
+
+# Trailing metadata that tells the gateway which of two RESOURCE_EXHAUSTED answers this is
+# (scheduler.proto documents the values).
+REASON_KEY = "x-modelrunner-reason"
+_REASONS: tuple[tuple[type[SchedulerError], str], ...] = (
+    (InsufficientMemory, "insufficient-memory"),
+    (QueueFull, "queue-full"),
+)
 
 SERVICE_NAME: str = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
@@ -30,6 +41,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _STATUS: tuple[tuple[type[SchedulerError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelBusy, grpc.StatusCode.FAILED_PRECONDITION),
+    (InsufficientMemory, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnknownLease, grpc.StatusCode.NOT_FOUND),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (LoadTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -45,7 +58,9 @@ def status_for(error: SchedulerError) -> grpc.StatusCode:
 
 
 async def _abort(context: Context, error: SchedulerError) -> NoReturn:
-    await context.abort(status_for(error), str(error))
+    reason = next((name for kind, name in _REASONS if isinstance(error, kind)), None)
+    metadata = ((REASON_KEY, reason),) if reason else ()
+    await context.abort(status_for(error), str(error), trailing_metadata=metadata)
 
 
 def _millis(seconds: float | None) -> int:
@@ -61,6 +76,36 @@ def _placement_to_proto(status: PlacementStatus) -> scheduler_pb2.Placement:
         in_flight=runner.in_flight,
         last_used_ms=_millis(status.last_used),
         expires_ms=_millis(status.expires),
+        queued=status.queued,
+        worker_tags=dict(status.worker_tags),
+    )
+
+
+def _worker_info(worker: WorkerView) -> scheduler_pb2.WorkerInfo:
+    spec = worker.spec
+    return scheduler_pb2.WorkerInfo(
+        worker_id=spec.worker_id,
+        address=spec.address,
+        tags=dict(spec.tags),
+        memory_total_bytes=spec.memory_total_bytes,
+        memory_free_bytes=spec.memory_free_bytes,
+        cache_bytes=spec.cache_bytes,
+    )
+
+
+def _worker_status_to_proto(status: WorkerStatus) -> scheduler_pb2.WorkerStatus:
+    return scheduler_pb2.WorkerStatus(
+        worker=_worker_info(status.worker),
+        alive=status.worker.alive,
+        last_seen_ms=_millis(status.last_seen),
+        memory_reserved_bytes=status.memory_reserved_bytes,
+        runners=len(status.worker.runners),
+    )
+
+
+def _entry_to_proto(entry: ConfigEntry) -> scheduler_pb2.ModelConfigEntry:
+    return scheduler_pb2.ModelConfigEntry(
+        model_id=entry.model_id, reference=entry.reference, config=config_to_proto(entry.config)
     )
 
 
@@ -79,6 +124,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             tags=dict(info.tags),
             memory_total_bytes=info.memory_total_bytes,
             memory_free_bytes=info.memory_free_bytes,
+            cache_bytes=info.cache_bytes,
         )
         try:
             await self._control.register(spec, [runner_from_proto(r) for r in request.runners])
@@ -93,6 +139,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             request.worker_id,
             [runner_from_proto(r) for r in request.runners],
             request.memory_free_bytes,
+            cache_bytes=request.cache_bytes,
         )
         return scheduler_pb2.HeartbeatResponse(known=known)
 
@@ -103,6 +150,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             assignment = await self._control.assign(
                 request.model,
                 affinity_key=request.affinity_key,
+                prefix_hashes=list(request.prefix_hashes),
+                priority=request.priority,
+                required_tags=dict(request.required_tags),
                 timeout=context.time_remaining(),
             )
         except SchedulerError as exc:
@@ -141,3 +191,32 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         except SchedulerError as exc:
             await _abort(context, exc)
         return scheduler_pb2.UnloadModelsResponse(unloaded_runners=count)
+
+    async def ConfigureModel(
+        self, request: scheduler_pb2.ConfigureModelRequest, context: Context
+    ) -> scheduler_pb2.ModelConfigEntry:
+        try:
+            if not request.model.strip():
+                raise InvalidRequest("model is required")
+            entry = await self._control.configure(request.model, config_from_proto(request.config))
+        except SchedulerError as exc:
+            await _abort(context, exc)
+        return _entry_to_proto(entry)
+
+    async def ListModelConfigs(
+        self, request: scheduler_pb2.ListModelConfigsRequest, context: Context
+    ) -> scheduler_pb2.ListModelConfigsResponse:
+        try:
+            entries = await self._control.model_configs(request.model)
+        except SchedulerError as exc:
+            await _abort(context, exc)
+        return scheduler_pb2.ListModelConfigsResponse(
+            entries=[_entry_to_proto(entry) for entry in entries]
+        )
+
+    async def ListWorkers(
+        self, request: scheduler_pb2.ListWorkersRequest, context: Context
+    ) -> scheduler_pb2.ListWorkersResponse:
+        return scheduler_pb2.ListWorkersResponse(
+            workers=[_worker_status_to_proto(status) for status in self._control.workers()]
+        )

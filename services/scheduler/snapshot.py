@@ -46,6 +46,8 @@ class WorkerSpec:
     tags: Mapping[str, str] = field(default_factory=dict)
     memory_total_bytes: int = 0
     memory_free_bytes: int = 0
+    # Bytes of model blobs in the worker's cache (for /engines/df).
+    cache_bytes: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", _frozen_tags(self.tags))
@@ -63,6 +65,8 @@ class RunnerReport:
     memory_bytes: int = 0
     error: str = ""
     context_size: int = 0
+    # llama-server slots; 0 when the worker did not say (an adopted runner of an older worker).
+    parallel: int = 0
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -13,12 +14,24 @@ from services.scheduler.errors import LoadFailed, LoadTimeout, Unavailable
 from services.scheduler.resolver import ResolvedModel
 from services.scheduler.snapshot import RunnerReport, RunnerState, WorkerSpec
 
-__all__ = ["GrpcWorkerClient", "WorkerClient"]
+__all__ = ["GrpcWorkerClient", "LoadOptions", "WorkerClient"]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a runner is started: what placement sized and the model's configuration asks."""
+
+    # Tokens per slot.
+    context_size: int = 0
+    parallel: int = 0
+    llama_args: tuple[str, ...] = ()
+    # The estimate placement counted; the worker reports at least this as the runner's memory.
+    memory_bytes: int = 0
 
 
 class WorkerClient(Protocol):
     async def load(
-        self, worker: WorkerSpec, model: ResolvedModel, *, timeout: float
+        self, worker: WorkerSpec, model: ResolvedModel, options: LoadOptions, *, timeout: float
     ) -> RunnerReport:
         """Start the model and wait until it is ready. Raises LoadFailed or LoadTimeout."""
         ...
@@ -48,9 +61,16 @@ class GrpcWorkerClient:
         return worker_pb2_grpc.WorkerStub(channel)
 
     async def load(
-        self, worker: WorkerSpec, model: ResolvedModel, *, timeout: float
+        self, worker: WorkerSpec, model: ResolvedModel, options: LoadOptions, *, timeout: float
     ) -> RunnerReport:
-        request = worker_pb2.LoadRequest(model=model.model, reference=model.reference)
+        request = worker_pb2.LoadRequest(
+            model=model.model,
+            reference=model.reference,
+            context_size=options.context_size,
+            parallel=options.parallel,
+            llama_args=options.llama_args,
+            memory_estimate_bytes=options.memory_bytes,
+        )
         try:
             response = await self._stub(worker.address).Load(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:

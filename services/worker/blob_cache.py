@@ -62,6 +62,18 @@ def _resume_state(partial: Path, algorithm: str, size: int) -> tuple[int, hashli
     return existing, hasher
 
 
+def _cached_bytes(root: Path) -> int:
+    """Bytes of the verified blobs under `root` (partial downloads excluded)."""
+    total = 0
+    for path in (root / "blobs").glob("*/*"):
+        if path.suffix == ".incomplete":
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
 def _append(handle: BinaryIO, hasher: hashlib._Hash, data: bytes) -> None:
     handle.write(data)
     hasher.update(data)
@@ -80,6 +92,13 @@ class BlobCache:
         self._registry = registry
         self._limits = limits
         self._downloads: dict[str, asyncio.Task[Path]] = {}
+        # Kept up to date on every write and eviction: heartbeats report it without walking the
+        # tree. Scanned once here: a cache holds a few dozen blobs, so this takes microseconds.
+        self._bytes = _cached_bytes(root)
+
+    def size_bytes(self) -> int:
+        """Bytes of verified blobs in the cache (WorkerInfo.cache_bytes)."""
+        return self._bytes
 
     def path_for(self, digest: str) -> Path:
         return blob_path(self._root, digest)
@@ -131,6 +150,7 @@ class BlobCache:
         partial = path.with_name(encoded + ".incomplete")
         if path.exists():
             # Wrong size (cached() said so): not something we wrote; fetch it again.
+            self._bytes -= path.stat().st_size
             path.unlink()
         offset, hasher = await asyncio.to_thread(_resume_state, partial, algorithm, size)
         if offset:
@@ -153,13 +173,16 @@ class BlobCache:
                 f"content digest {actual}"
             )
         partial.replace(path)
+        self._bytes += size
         _log.info("cached %s (%d bytes)", digest, size)
         if self._limits.max_bytes:
-            await asyncio.to_thread(self._evict, {digest, *self._downloads})
+            self._bytes -= await asyncio.to_thread(self._evict, {digest, *self._downloads})
         return path
 
-    def _evict(self, keep: set[str]) -> None:
+    def _evict(self, keep: set[str]) -> int:
         """Delete least recently used blobs until the cache fits in max_bytes (runs in a thread).
+
+        Returns the bytes freed; the event loop owns the running total.
 
         A blob a running llama-server has open stays readable to it; its space is freed when that
         process exits.
@@ -171,21 +194,24 @@ class BlobCache:
             stat = path.stat()
             entries.append((stat.st_mtime, stat.st_size, f"{path.parent.name}:{path.name}", path))
         total = sum(size for _, size, _, _ in entries)
+        freed = 0
         recent = time.time() - _RECENT_USE_SECONDS
         for mtime, size, digest, path in sorted(entries):
             if total <= self._limits.max_bytes:
-                return
+                return freed
             if digest in keep or mtime > recent:
                 continue
             _log.info("evicting %s (%d bytes) from the worker cache", digest, size)
             path.unlink(missing_ok=True)
             total -= size
+            freed += size
         if total > self._limits.max_bytes:
             _log.warning(
                 "worker cache holds %d bytes, over WORKER_CACHE_MAX_BYTES (%d): every blob is in use",
                 total,
                 self._limits.max_bytes,
             )
+        return freed
 
     async def _stream(
         self, digest: str, offset: int, size: int, handle: BinaryIO, hasher: hashlib._Hash

@@ -12,6 +12,7 @@ from pathlib import Path
 from services.common.env import (
     SettingError,
     env_duration,
+    env_float,
     env_int,
     env_path,
     env_str,
@@ -19,10 +20,22 @@ from services.common.env import (
 )
 from services.worker.args import RESERVED_FLAGS, reserved_flag
 
-__all__ = ["MAX_RUNTIME_DIR_CHARS", "WorkerSettings"]
+__all__ = [
+    "ENGINES",
+    "LLAMA_CPP_ENGINE",
+    "MAX_RUNTIME_DIR_CHARS",
+    "SIMULATED_ENGINE",
+    "WorkerSettings",
+]
 
 # Unix socket paths are limited to 107 bytes; runner socket names need about 40 of them.
 MAX_RUNTIME_DIR_CHARS = 64
+LLAMA_CPP_ENGINE = "llama.cpp"
+SIMULATED_ENGINE = "simulated"
+ENGINES = (LLAMA_CPP_ENGINE, SIMULATED_ENGINE)
+# A simulated worker must not report the host's memory: a fleet of 100 on one machine would
+# claim 100 times what it has.
+_SIMULATED_MEMORY_BYTES = 16 * 1024**3
 _WILDCARD_HOSTS = {"", "0.0.0.0", "[::]", "::"}
 
 
@@ -32,7 +45,20 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
+def _engine(env: Mapping[str, str]) -> str:
+    engine = env_str(env, "WORKER_ENGINE", LLAMA_CPP_ENGINE)
+    if engine not in ENGINES:
+        raise SettingError(f"WORKER_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
+    return engine
+
+
 def _non_negative(name: str, value: int) -> int:
+    if value < 0:
+        raise SettingError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_duration(name: str, value: float) -> float:
     if value < 0:
         raise SettingError(f"{name} must be >= 0, got {value}")
     return value
@@ -55,7 +81,8 @@ def _llama_args(env: Mapping[str, str]) -> tuple[str, ...]:
         if reserved_flag(arg):
             raise SettingError(
                 f"LLAMA_ARGS may not set {arg.split('=')[0]}: the worker chooses "
-                f"{', '.join(sorted(RESERVED_FLAGS))} itself"
+                f"{', '.join(sorted(RESERVED_FLAGS))} itself (a model's context size and "
+                "slots are set through the scheduler's per-model configuration)"
             )
     return args
 
@@ -111,6 +138,18 @@ class WorkerSettings:
     metrics_max_bytes: int = 1024 * 1024
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
+    # "llama.cpp" (a llama-server per model) or "simulated" (no process, no blob download).
+    engine: str = LLAMA_CPP_ENGINE
+    # Simulated engine: how long a Load takes.
+    sim_load_time: float = 1.0
+    # Simulated engine: tokens generated per second, per slot.
+    sim_tokens_per_second: float = 50.0
+    # Simulated engine: prompt tokens processed per second (prompt-cache hits cost nothing).
+    sim_prompt_tokens_per_second: float = 1000.0
+    # Simulated engine: tokens generated when a request sets no max_tokens.
+    sim_max_tokens: int = 16
+    # Simulated engine: slots of a runner whose LoadRequest.parallel is 0 (llama-server's auto).
+    sim_parallel: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
@@ -127,13 +166,19 @@ class WorkerSettings:
                 "exceed the 107-byte limit; choose a shorter directory"
             )
         server_path = env.get("LLAMA_SERVER_PATH", "").strip()
+        engine = _engine(env)
         memory = _non_negative("WORKER_MEMORY_BYTES", env_int(env, "WORKER_MEMORY_BYTES", 0))
+        if engine == SIMULATED_ENGINE and memory == 0:
+            memory = _SIMULATED_MEMORY_BYTES
 
         def duration(name: str, default: float) -> float:
             return _positive(name, env_duration(env, name, default))
 
         def count(name: str, default: int) -> int:
             return int(_positive(name, env_int(env, name, default)))
+
+        def rate(name: str, default: float) -> float:
+            return _positive(name, env_float(env, name, default))
 
         return cls(
             listen_address=listen,
@@ -173,6 +218,16 @@ class WorkerSettings:
             metrics_max_bytes=count("WORKER_METRICS_MAX_BYTES", cls.metrics_max_bytes),
             shutdown_grace=duration("WORKER_SHUTDOWN_GRACE", cls.shutdown_grace),
             log_level=env_str(env, "LOG_LEVEL", cls.log_level),
+            engine=engine,
+            sim_load_time=_non_negative_duration(
+                "WORKER_SIM_LOAD_TIME", env_duration(env, "WORKER_SIM_LOAD_TIME", cls.sim_load_time)
+            ),
+            sim_tokens_per_second=rate("WORKER_SIM_TOKENS_PER_SECOND", cls.sim_tokens_per_second),
+            sim_prompt_tokens_per_second=rate(
+                "WORKER_SIM_PROMPT_TOKENS_PER_SECOND", cls.sim_prompt_tokens_per_second
+            ),
+            sim_max_tokens=count("WORKER_SIM_MAX_TOKENS", cls.sim_max_tokens),
+            sim_parallel=count("WORKER_SIM_PARALLEL", cls.sim_parallel),
         )
 
     def identity(self, bound_port: int) -> tuple[str, str]:

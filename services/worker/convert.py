@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from modelrunner.v1 import common_pb2
+from modelrunner.v1 import common_pb2, worker_pb2
 from services.worker.artifact import Layer, ModelSpec
-from services.worker.llama_client import Endpoint
+from services.worker.engine import Endpoint, LoadOptions
 from services.worker.runner import RunnerSnapshot, RunnerState
 
-__all__ = ["endpoint_from_proto", "model_spec_from_proto", "runner_info"]
+__all__ = ["endpoint_from_proto", "load_options_from_proto", "model_spec_from_proto", "runner_info"]
 
 _STATES = {
     RunnerState.STARTING: common_pb2.RUNNER_STATE_STARTING,
@@ -34,6 +34,7 @@ def runner_info(snapshot: RunnerSnapshot) -> common_pb2.RunnerInfo:
         memory_bytes=snapshot.memory_bytes,
         error=snapshot.error,
         context_size=snapshot.context_size,
+        parallel=snapshot.parallel,
     )
 
 
@@ -50,6 +51,15 @@ def model_spec_from_proto(model: common_pb2.Model) -> ModelSpec:
             for layer in model.layers
         ),
         context_size=model.config.context_size,
+    )
+
+
+def load_options_from_proto(request: worker_pb2.LoadRequest) -> LoadOptions:
+    return LoadOptions(
+        context_size=request.context_size,
+        parallel=request.parallel,
+        llama_args=tuple(request.llama_args),
+        memory_estimate_bytes=request.memory_estimate_bytes,
     )
 
 

@@ -3,6 +3,7 @@
     WorkerError
     +-- BinaryNotFoundError        no usable llama-server binary (startup)
     +-- InvalidModelError          the artifact cannot run here (no GGUF layer, bad digest)
+    +-- InvalidLoadOptionsError    a LoadRequest's options cannot be used (a reserved llama_arg)
     +-- CapacityError              WORKER_MAX_RUNNERS runners are already loaded or loading
     +-- ModelNotReadyError         Generate for a model with no READY runner on this worker
     +-- BlobFetchError             the registry could not deliver a layer
@@ -11,7 +12,7 @@
     |   +-- ModelLoadError         it could not load the model file
     |   +-- OutOfMemoryError       it could not allocate memory for the model
     |   +-- AddressInUseError      its socket could not be bound
-    |   +-- InvalidArgumentsError  it rejected its command line (usually LLAMA_ARGS)
+    |   +-- InvalidArgumentsError  it rejected its command line (LLAMA_ARGS or llama_args)
     +-- RunnerTimeoutError         llama-server did not answer /health 200 within WORKER_READY_TIMEOUT
     +-- RunnerStoppedError         the runner was unloaded while it was starting
     +-- UpstreamError              llama-server could not be reached or broke off a response
@@ -33,6 +34,7 @@ __all__ = [
     "BlobVerificationError",
     "CapacityError",
     "InvalidArgumentsError",
+    "InvalidLoadOptionsError",
     "InvalidModelError",
     "InvalidTransitionError",
     "ModelLoadError",
@@ -60,6 +62,10 @@ class BinaryNotFoundError(WorkerError):
 
 
 class InvalidModelError(WorkerError):
+    pass
+
+
+class InvalidLoadOptionsError(WorkerError):
     pass
 
 
@@ -102,7 +108,7 @@ class AddressInUseError(RunnerStartError):
 
 
 class InvalidArgumentsError(RunnerStartError):
-    summary = "llama-server rejected its arguments (check LLAMA_ARGS)"
+    summary = "llama-server rejected its arguments (check LLAMA_ARGS and the model's llama_args)"
 
 
 class RunnerTimeoutError(WorkerError):

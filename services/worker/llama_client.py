@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from services.worker.engine import Endpoint
 from services.worker.errors import UpstreamError
 
 __all__ = ["ClientLimits", "Endpoint", "LlamaClient", "UpstreamResponse"]
@@ -27,14 +27,6 @@ _BASE_URL = "http://llama-server"
 _FORWARD_HEADERS = {"content-type": "application/json", "accept-encoding": "identity"}
 _SEND_ATTEMPTS = 3
 _RESEND_DELAY = 0.02
-
-
-class Endpoint(enum.Enum):
-    """OpenAI-style endpoints and their llama-server paths."""
-
-    CHAT_COMPLETIONS = "/v1/chat/completions"
-    COMPLETIONS = "/v1/completions"
-    EMBEDDINGS = "/v1/embeddings"
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class Membership:
         runners: Callable[[], Sequence[RunnerSnapshot]],
         memory_total: Callable[[], int],
         memory_free: Callable[[], int],
+        cache_bytes: Callable[[], int],
         timings: MembershipTimings,
         changed: asyncio.Event | None = None,
     ) -> None:
@@ -62,11 +63,27 @@ class Membership:
         self._runners = runners
         self._memory_total = memory_total
         self._memory_free = memory_free
+        self._cache_bytes = cache_bytes
         self._timings = timings
         self._changed = changed or asyncio.Event()
         self._interval = timings.heartbeat_interval
         self._identity: WorkerIdentity | None = None
-        self.registered = False
+        self._registered = asyncio.Event()
+
+    @property
+    def registered(self) -> bool:
+        return self._registered.is_set()
+
+    @registered.setter
+    def registered(self, value: bool) -> None:
+        if value:
+            self._registered.set()
+        else:
+            self._registered.clear()
+
+    async def wait_registered(self) -> None:
+        """Returns once the scheduler has accepted this worker's registration."""
+        await self._registered.wait()
 
     def notify(self) -> None:
         self._changed.set()
@@ -120,6 +137,7 @@ class Membership:
                     tags=dict(self._identity.tags),
                     memory_total_bytes=self._memory_total(),
                     memory_free_bytes=self._memory_free(),
+                    cache_bytes=self._cache_bytes(),
                 ),
                 runners=[runner_info(runner) for runner in runners],
             ),
@@ -144,6 +162,7 @@ class Membership:
                 worker_id=self._identity.worker_id,
                 runners=[runner_info(runner) for runner in runners],
                 memory_free_bytes=self._memory_free(),
+                cache_bytes=self._cache_bytes(),
             ),
             timeout=self._timings.rpc_timeout,
         )

@@ -1,11 +1,13 @@
 """The worker's runners, one per model id (manifest digest), and their leases.
 
 All state lives here and is touched only from the event loop, between awaits; nothing awaits a
-process start or readiness while holding anything: a Load reserves its slot (a STARTING runner),
-then awaits the start in a task the pool owns. Concurrent Loads of one model await that one task
-(single-flight). Requests lease a READY runner with `async with pool.acquire(model_id)`.
-Restart policy: none automatic. A FAILED runner keeps its error for reporting until the next
-Load replaces it (the scheduler decides), or an Unload removes it.
+start or readiness while holding anything: a Load reserves its slot (a STARTING runner), then
+awaits the start in a task the pool owns. Concurrent Loads of one model with the same options
+await that one task (single-flight). A Load whose options (context, slots, arguments) differ from
+the running ones restarts the runner with the new ones: the old one drains, then stops. Requests
+lease a READY runner with `async with pool.acquire(model_id)`. Restart policy: none automatic. A
+FAILED runner keeps its error for reporting until the next Load replaces it (the scheduler
+decides), or an Unload removes it. What serves a runner is the engine's business (`engine.py`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 from services.common.digest import InvalidDigest, parse_digest
-from services.worker.args import LaunchSpec, build_args
-from services.worker.artifact import ModelSpec, RuntimeLayers, runtime_layers
+from services.worker.args import check_model_args
+from services.worker.artifact import ModelSpec, runtime_layers
+from services.worker.engine import Engine, LaunchConfig, LoadOptions, RunnerLaunch
 from services.worker.errors import (
     CapacityError,
     InvalidModelError,
@@ -28,52 +29,32 @@ from services.worker.errors import (
     RunnerStoppedError,
     WorkerError,
 )
-from services.worker.llama_client import ClientLimits
-from services.worker.runner import (
-    LIVE_STATES,
-    Runner,
-    RunnerSnapshot,
-    RunnerState,
-    RunnerTimeouts,
-)
+from services.worker.runner import LIVE_STATES, Runner, RunnerSnapshot, RunnerState
 
-__all__ = ["BlobSource", "PoolSettings", "RunnerPool"]
+__all__ = ["PoolSettings", "RunnerPool"]
 
 _log = logging.getLogger(__name__)
 
 
-class BlobSource(Protocol):
-    async def ensure(self, digest: str, size: int) -> Path: ...
-
-
 @dataclass(frozen=True)
 class PoolSettings:
-    binary: Path
-    runtime_dir: Path
-    # Distinguishes this worker's files in a runtime dir shared with other workers (its pid).
-    name_prefix: str
-    llama_args: Sequence[str]
     max_runners: int
     drain_timeout: float
-    runner_timeouts: RunnerTimeouts
-    client_limits: ClientLimits
-    # --threads for llama-server; 0 leaves llama.cpp's default.
-    llama_threads: int = 0
 
 
 class RunnerPool:
     def __init__(
         self,
         settings: PoolSettings,
-        blobs: BlobSource,
+        engine: Engine,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._settings = settings
-        self._blobs = blobs
+        self._engine = engine
         self._on_change = on_change
         self._runners: dict[str, Runner] = {}
         self._loads: dict[str, asyncio.Task[Runner]] = {}
-        # Unloaded runners still draining: they hold a process and count against the cap.
+        # Unloaded or replaced runners still draining: they hold resources and count against the cap.
         self._retiring: set[Runner] = set()
         self._generation = 0
         self._closed = False
@@ -87,7 +68,7 @@ class RunnerPool:
         )
 
     def loaded_bytes(self) -> int:
-        """Weights of every runner that may hold memory."""
+        """Memory of every runner that may hold some."""
         return sum(s.memory_bytes for s in self.snapshot() if s.state in LIVE_STATES)
 
     def _live_count(self) -> int:
@@ -101,59 +82,90 @@ class RunnerPool:
 
     # -- load / unload -----------------------------------------------------------------------
 
-    async def load(self, spec: ModelSpec, reference: str, context_size: int = 0) -> RunnerSnapshot:
-        """Make the model READY here; concurrent calls for one model share one start."""
-        if self._closed:
-            raise RunnerStoppedError("the worker is shutting down")
-        task = self._loads.get(spec.model_id)
-        if task is None:
-            current = self._runners.get(spec.model_id)
-            if current is not None and current.state is RunnerState.READY:
-                return current.snapshot()
-            task = self._begin_load(spec, reference, context_size, current)
-        try:
-            runner = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current_task = asyncio.current_task()
-            if task.cancelled() and current_task is not None and not current_task.cancelling():
-                # The load was called off (Unload, shutdown), not this caller.
-                raise RunnerStoppedError(
-                    f"loading {spec.model_id} was cancelled: the model was unloaded"
-                ) from None
-            raise
-        return runner.snapshot()
+    async def load(
+        self, spec: ModelSpec, reference: str, options: LoadOptions | None = None
+    ) -> RunnerSnapshot:
+        """Make the model READY here with `options`; concurrent calls share one start."""
+        options = options or LoadOptions()
+        check_model_args(options.llama_args)
+        config = LaunchConfig(
+            context_size=options.context_size or spec.context_size,
+            parallel=options.parallel,
+            llama_args=tuple(options.llama_args),
+        )
+        while True:
+            if self._closed:
+                raise RunnerStoppedError("the worker is shutting down")
+            task = self._loads.get(spec.model_id)
+            if task is not None and task.done():
+                task = None  # its done callback has not run yet
+            if task is None:
+                current = self._runners.get(spec.model_id)
+                if (
+                    current is not None
+                    and current.state is RunnerState.READY
+                    and current.config == config
+                ):
+                    return current.snapshot()
+                task = self._begin_load(spec, reference, config, options, current)
+            elif (loading := self._runners.get(spec.model_id)) and loading.config != config:
+                # A load with other options is under way: let it end, then restart with ours.
+                await asyncio.wait({task})
+                continue
+            try:
+                runner = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                current_task = asyncio.current_task()
+                if task.cancelled() and current_task is not None and not current_task.cancelling():
+                    # The load was called off (Unload, shutdown), not this caller.
+                    raise RunnerStoppedError(
+                        f"loading {spec.model_id} was cancelled: the model was unloaded"
+                    ) from None
+                raise
+            return runner.snapshot()
 
     def _begin_load(
-        self, spec: ModelSpec, reference: str, context_size: int, stale: Runner | None
+        self,
+        spec: ModelSpec,
+        reference: str,
+        config: LaunchConfig,
+        options: LoadOptions,
+        stale: Runner | None,
     ) -> asyncio.Task[Runner]:
         try:
-            _, encoded = parse_digest(spec.model_id)
+            parse_digest(spec.model_id)
         except InvalidDigest as exc:
             raise InvalidModelError(f"invalid model id: {exc}") from exc
         layers = runtime_layers(spec)
-        if self._live_count() >= self._settings.max_runners:
+        replaced = 1 if stale is not None and stale.state in LIVE_STATES else 0
+        if self._live_count() - replaced >= self._settings.max_runners:
             raise CapacityError(
                 f"this worker already runs {self._settings.max_runners} models "
                 "(WORKER_MAX_RUNNERS); unload one first"
             )
         self._generation += 1
-        prefix = f"{self._settings.name_prefix}-{encoded[:12]}"
-        runtime = self._settings.runtime_dir
         runner = Runner(
             model_id=spec.model_id,
             reference=reference,
             generation=self._generation,
-            socket_path=runtime / f"{prefix}-{self._generation}.sock",
-            log_path=runtime / "logs" / f"{prefix}.log",
-            memory_bytes=layers.weights_bytes,
-            context_size=context_size or spec.context_size,
-            timeouts=self._settings.runner_timeouts,
-            client_limits=self._settings.client_limits,
+            config=config,
+            memory_bytes=max(layers.weights_bytes, options.memory_estimate_bytes),
+            parallel=self._engine.slots(config.parallel),
             on_change=self._runner_changed,
         )
+        if stale is not None and replaced:
+            # Reported (and counted) while it drains; its requests finish on the old options.
+            self._retiring.add(stale)
         self._runners[spec.model_id] = runner
+        launch = RunnerLaunch(
+            model_id=spec.model_id,
+            reference=reference,
+            generation=self._generation,
+            layers=layers,
+            config=config,
+        )
         task = asyncio.create_task(
-            self._start(runner, layers, stale), name=f"load-{spec.model_id[:19]}"
+            self._start(runner, launch, stale), name=f"load-{spec.model_id[:19]}"
         )
         self._loads[spec.model_id] = task
         task.add_done_callback(lambda done: self._load_finished(spec.model_id, done))
@@ -166,55 +178,32 @@ class RunnerPool:
         if not task.cancelled() and task.exception() is not None:
             _log.warning("loading %s failed: %s", model_id, task.exception())
 
-    async def _start(self, runner: Runner, layers: RuntimeLayers, stale: Runner | None) -> Runner:
+    async def _start(self, runner: Runner, launch: RunnerLaunch, stale: Runner | None) -> Runner:
         try:
             if stale is not None:
-                await stale.stop()
-            argv = await self._prepare(runner, layers)
+                await self._retire(stale)
+            backend = await self._engine.prepare(launch)
         except asyncio.CancelledError:
             await runner.stop()
             raise
         except Exception as exc:
             await runner.fail_before_start(str(exc))
             raise
-        await runner.start(argv)
+        await runner.start(backend)
         return runner
 
-    async def _prepare(self, runner: Runner, layers: RuntimeLayers) -> list[str]:
-        gguf_paths = await asyncio.gather(
-            *(self._blobs.ensure(layer.digest, layer.size) for layer in layers.gguf)
-        )
-        template = None
-        if layers.chat_template is not None:
-            template = await self._blobs.ensure(
-                layers.chat_template.digest, layers.chat_template.size
-            )
-        model_path = (
-            gguf_paths[0] if len(gguf_paths) == 1 else self._link_shards(runner, gguf_paths)
-        )
-        spec = LaunchSpec(
-            model_path=model_path,
-            socket_path=runner.socket_path,
-            context_size=runner.snapshot().context_size,
-            chat_template_path=template,
-            alias=runner.reference,
-            threads=self._settings.llama_threads,
-            extra_args=self._settings.llama_args,
-        )
-        return [str(self._settings.binary), *build_args(spec)]
-
-    def _link_shards(self, runner: Runner, paths: Sequence[Path]) -> Path:
-        """llama.cpp finds the shards of a split GGUF by name: give the blobs those names."""
-        bundle = runner.socket_path.with_suffix(".shards")
-        bundle.mkdir(parents=True, exist_ok=True)
-        total = len(paths)
-        links = []
-        for index, path in enumerate(paths, start=1):
-            link = bundle / f"model-{index:05d}-of-{total:05d}.gguf"
-            link.unlink(missing_ok=True)
-            link.symlink_to(path)
-            links.append(link)
-        return links[0]
+    async def _retire(self, runner: Runner) -> None:
+        """Drain (up to WORKER_DRAIN_TIMEOUT) and stop a runner already out of `_runners`."""
+        if runner.state in LIVE_STATES:
+            self._retiring.add(runner)
+        try:
+            await runner.drain(self._settings.drain_timeout)
+        finally:
+            try:
+                await runner.stop()
+            finally:
+                self._retiring.discard(runner)
+                self._on_change()
 
     async def unload(self, model_id: str) -> bool:
         """Stop the model's runner (draining requests up to WORKER_DRAIN_TIMEOUT); False if none."""
@@ -226,12 +215,7 @@ class RunnerPool:
             task.cancel()
             await asyncio.wait({task})
         elif runner is not None:
-            self._retiring.add(runner)
-            try:
-                await runner.drain(self._settings.drain_timeout)
-                await runner.stop()
-            finally:
-                self._retiring.discard(runner)
+            await self._retire(runner)
         self._on_change()
         return True
 
@@ -249,7 +233,7 @@ class RunnerPool:
     # -- shutdown ----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop every llama-server; none survives the worker."""
+        """Stop every runner; none survives the worker."""
         self._closed = True
         tasks = list(self._loads.values())
         for task in tasks:

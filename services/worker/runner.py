@@ -1,13 +1,13 @@
-"""One llama-server process serving one model, as an explicit state machine.
+"""One runner serving one model, as an explicit state machine, whatever engine serves it.
 
     STARTING --> READY --> DRAINING --> STOPPED
         |          |           |
         +----------+-----------+------> FAILED
 
 STARTING -> STOPPED too (unloaded while loading). STOPPED and FAILED are final: a model that
-needs serving again gets a new Runner with a higher generation. Readiness polls GET /health
-(503 while loading, 200 ready) until WORKER_READY_TIMEOUT and fails at once if the process exits.
-A crash after READY turns the runner FAILED with the reason read from llama-server's output.
+needs serving again gets a new Runner with a higher generation. The engine's Backend does the
+serving (a llama-server process, or a simulation); a backend that dies after READY turns the
+runner FAILED with the reason it gives.
 """
 
 from __future__ import annotations
@@ -16,27 +16,22 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
+from services.worker.engine import Backend, LaunchConfig, RunnerClient
 from services.worker.errors import (
     InvalidTransitionError,
     ModelNotReadyError,
     RunnerStoppedError,
-    RunnerTimeoutError,
     WorkerError,
-    classify_exit,
-    crash_message,
 )
-from services.worker.llama_client import ClientLimits, LlamaClient
-from services.worker.process import ChildProcess
 
 __all__ = [
+    "LIVE_STATES",
     "Runner",
     "RunnerSnapshot",
     "RunnerState",
-    "RunnerTimeouts",
     "check_transition",
 ]
 
@@ -59,7 +54,7 @@ _TRANSITIONS: Mapping[RunnerState, frozenset[RunnerState]] = {
     RunnerState.FAILED: frozenset(),
 }
 
-# States in which a process may be alive (they count against WORKER_MAX_RUNNERS).
+# States in which a backend may hold resources (they count against WORKER_MAX_RUNNERS).
 LIVE_STATES = frozenset({RunnerState.STARTING, RunnerState.READY, RunnerState.DRAINING})
 
 
@@ -67,14 +62,6 @@ def check_transition(current: RunnerState, target: RunnerState) -> None:
     """InvalidTransitionError unless the table allows current -> target."""
     if target not in _TRANSITIONS[current]:
         raise InvalidTransitionError(f"runner cannot go from {current.name} to {target.name}")
-
-
-@dataclass(frozen=True)
-class RunnerTimeouts:
-    ready_timeout: float
-    health_poll_interval: float
-    stop_timeout: float
-    log_max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -86,14 +73,18 @@ class RunnerSnapshot:
     generation: int
     state: RunnerState
     in_flight: int
+    # max(weights on disk, the scheduler's estimate).
     memory_bytes: int
+    # Tokens per slot; 0 when unknown.
     context_size: int
     error: str
     pid: int | None
+    # Slots it serves at once; 0 when the engine's default is unknown.
+    parallel: int = 0
 
 
 class Runner:
-    """Owns one ChildProcess, its socket, its HTTP client and its in-flight count."""
+    """Owns one Backend, its exit watch and the in-flight count."""
 
     def __init__(
         self,
@@ -101,23 +92,17 @@ class Runner:
         model_id: str,
         reference: str,
         generation: int,
-        socket_path: Path,
-        log_path: Path,
+        config: LaunchConfig,
         memory_bytes: int,
-        context_size: int,
-        timeouts: RunnerTimeouts,
-        client_limits: ClientLimits,
+        parallel: int,
         on_change: Callable[[Runner], None],
     ) -> None:
         self.model_id = model_id
         self.reference = reference
         self.generation = generation
-        self.socket_path = socket_path
-        self._log_path = log_path
+        self.config = config
         self._memory_bytes = memory_bytes
-        self._context_size = context_size
-        self._timeouts = timeouts
-        self._client_limits = client_limits
+        self._parallel = parallel
         self._on_change = on_change
         self._state = RunnerState.STARTING
         self._error = ""
@@ -125,9 +110,8 @@ class Runner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
-        self._process: ChildProcess | None = None
+        self._backend: Backend | None = None
         self._exit_watch: asyncio.Task[None] | None = None
-        self.client = LlamaClient(socket_path, client_limits)
 
     @property
     def state(self) -> RunnerState:
@@ -141,6 +125,13 @@ class Runner:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def client(self) -> RunnerClient:
+        """The backend's client; only leased (READY) runners are asked for it."""
+        if self._backend is None:
+            raise ModelNotReadyError(f"model {self.model_id} has not started on this worker")
+        return self._backend.client
+
     def snapshot(self) -> RunnerSnapshot:
         return RunnerSnapshot(
             model_id=self.model_id,
@@ -149,9 +140,10 @@ class Runner:
             state=self._state,
             in_flight=self._in_flight,
             memory_bytes=self._memory_bytes,
-            context_size=self._context_size,
+            context_size=self.config.context_size,
             error=self._error,
-            pid=None if self._process is None else self._process.pid,
+            pid=None if self._backend is None else self._backend.pid,
+            parallel=self._parallel,
         )
 
     def _set_state(self, target: RunnerState, error: str = "") -> None:
@@ -168,29 +160,20 @@ class Runner:
         )
         self._on_change(self)
 
-    async def start(self, argv: Sequence[str]) -> None:
-        """Spawn llama-server and wait until it is ready.
+    async def start(self, backend: Backend) -> None:
+        """Start `backend` and wait until it is ready.
 
-        Raises RunnerStartError (typed from its output), RunnerTimeoutError or, when `stop()` ran
-        meanwhile, RunnerStoppedError. On any failure the process is dead and the socket gone.
+        Raises the backend's typed error or, when `stop()` ran meanwhile, RunnerStoppedError. On
+        any failure the backend holds nothing.
         """
-        if self._process is not None:
+        if self._backend is not None:
             raise RuntimeError("a Runner is started once")
+        self._backend = backend
         if self._stopping or self._state is not RunnerState.STARTING:
+            await backend.stop()
             raise RunnerStoppedError("the model was unloaded while it was loading")
-        self.socket_path.unlink(missing_ok=True)
-        self._process = ChildProcess(
-            argv,
-            log_path=self._log_path,
-            stop_timeout=self._timeouts.stop_timeout,
-            log_max_bytes=self._timeouts.log_max_bytes,
-        )
         try:
-            await self._process.start()
-            self._exit_watch = asyncio.create_task(
-                self._watch_exit(), name=f"runner-exit-{self.model_id[:19]}-{self.generation}"
-            )
-            await self._wait_ready()
+            await backend.start()
         except BaseException as exc:
             await self._release_resources()
             if self._stopping or isinstance(exc, asyncio.CancelledError):
@@ -202,6 +185,9 @@ class Runner:
             if self._state is RunnerState.STARTING:
                 self._set_state(RunnerState.FAILED, str(exc))
             raise
+        self._exit_watch = asyncio.create_task(
+            self._watch_exit(backend), name=f"runner-exit-{self.model_id[:19]}-{self.generation}"
+        )
         self._set_state(RunnerState.READY)
 
     async def fail_before_start(self, error: str) -> None:
@@ -210,38 +196,13 @@ class Runner:
             self._set_state(RunnerState.FAILED, error)
         await self._release_resources()
 
-    async def _wait_ready(self) -> None:
-        assert self._process is not None and self._exit_watch is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeouts.ready_timeout
-        while True:
-            if self._exit_watch.done():
-                raise classify_exit(self._process.tail(), self._process.returncode)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise RunnerTimeoutError(
-                    f"llama-server was not ready within {self._timeouts.ready_timeout:g}s "
-                    "(WORKER_READY_TIMEOUT)"
-                )
-            status = await self.client.health(
-                timeout=min(self._client_limits.connect_timeout, remaining)
-            )
-            # Re-checked after the await: it may have answered 200 and then died.
-            if status == 200 and not self._exit_watch.done():
-                return
-            # Wake early if the process exits: a crash at start must fail the load at once.
-            await asyncio.wait(
-                {self._exit_watch},
-                timeout=min(self._timeouts.health_poll_interval, max(remaining, 0.0)),
-            )
-
-    async def _watch_exit(self) -> None:
-        assert self._process is not None
-        returncode = await self._process.wait()
-        if self._stopping or self._state is RunnerState.STARTING:
-            return  # expected, or start() reports it
-        self.socket_path.unlink(missing_ok=True)
-        self._set_state(RunnerState.FAILED, crash_message(self._process.tail(), returncode))
+    async def _watch_exit(self, backend: Backend) -> None:
+        reason = await backend.wait_exit()
+        if self._stopping or self._state not in (RunnerState.READY, RunnerState.DRAINING):
+            return  # expected
+        # FAILED first: the scheduler must stop routing here at once; releasing comes after.
+        self._set_state(RunnerState.FAILED, reason)
+        await backend.stop()
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[None]:
@@ -277,7 +238,7 @@ class Runner:
             )
 
     async def stop(self) -> None:
-        """Stop the process for good and release everything; FAILED runners stay FAILED."""
+        """Stop the backend for good and release everything; FAILED runners stay FAILED."""
         self._stopping = True
         if self._state is RunnerState.READY:
             self._set_state(RunnerState.DRAINING)
@@ -286,15 +247,13 @@ class Runner:
             self._set_state(RunnerState.STOPPED)
 
     async def _release_resources(self) -> None:
-        # Every step runs even when an earlier await is cancelled: no orphan process or socket.
+        # Both steps run even when the first await is cancelled: no orphan process or task.
         try:
-            # Idle keep-alive connections first: llama-server waits for open ones on SIGTERM.
-            await self.client.aclose()
+            if self._backend is not None:
+                await self._backend.stop()
         finally:
-            try:
-                if self._process is not None:
-                    await self._process.stop()
-                if self._exit_watch is not None:
-                    await self._exit_watch
-            finally:
-                self.socket_path.unlink(missing_ok=True)
+            watch = self._exit_watch
+            if watch is not None and watch is not asyncio.current_task():
+                if not watch.done():
+                    watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)

@@ -8,11 +8,17 @@ import logging
 import grpc
 
 from modelrunner.v1 import worker_pb2, worker_pb2_grpc
-from services.worker.convert import endpoint_from_proto, model_spec_from_proto, runner_info
+from services.worker.convert import (
+    endpoint_from_proto,
+    load_options_from_proto,
+    model_spec_from_proto,
+    runner_info,
+)
 from services.worker.errors import (
     BlobFetchError,
     CapacityError,
     InvalidArgumentsError,
+    InvalidLoadOptionsError,
     InvalidModelError,
     ModelLoadError,
     ModelNotReadyError,
@@ -47,6 +53,7 @@ _ScrapeContext = grpc.aio.ServicerContext[
 # Most specific first.
 _STATUS: tuple[tuple[type[WorkerError], grpc.StatusCode], ...] = (
     (InvalidModelError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidLoadOptionsError, grpc.StatusCode.INVALID_ARGUMENT),
     (CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (OutOfMemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     # Retrying elsewhere does not fix a model file or a command line llama-server rejects.
@@ -79,13 +86,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     ) -> worker_pb2.LoadResponse:
         if not request.HasField("model") or not request.model.id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "LoadRequest.model is required")
-        if request.context_size < 0:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "LoadRequest.context_size must be >= 0"
-            )
+        for name in ("context_size", "parallel", "memory_estimate_bytes"):
+            if getattr(request, name) < 0:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"LoadRequest.{name} must be >= 0"
+                )
         spec = model_spec_from_proto(request.model)
         try:
-            snapshot = await self._pool.load(spec, request.reference, request.context_size)
+            snapshot = await self._pool.load(
+                spec, request.reference, load_options_from_proto(request)
+            )
         except WorkerError as exc:
             await context.abort(
                 status_for(exc), f"loading {request.reference or spec.model_id}: {exc}"
@@ -123,7 +133,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Generate(  # type: ignore[override]
         self, request: worker_pb2.GenerateRequest, context: _GenerateContext
     ) -> None:
-        """Head, then llama-server's bytes; the lease is released before the stream ends."""
+        """Head, then the engine's bytes; the lease is released before the stream ends."""
         endpoint = endpoint_from_proto(request.endpoint)
         if endpoint is None:
             await self._leases.release(request.lease_id, runner_failed=False)

@@ -59,6 +59,7 @@ def stack_factory(
             "MODELS_PATH": str(root / "models"),
             "WORKER_CACHE_PATH": str(worker_cache),
             "MODEL_RUNNER_LOG_DIR": str(root / "logs"),
+            "SCHEDULER_STATE_PATH": str(root / "scheduler" / "model-configs.json"),
             # Short leases keep dead-worker tests quick; keep-alive stays long unless a test asks.
             "SCHEDULER_HEARTBEAT_INTERVAL": "0.5s",
             "LOG_LEVEL": "INFO",

@@ -1,12 +1,10 @@
-"""DMR's REST surface: model management (registry) and the /engines endpoints (scheduler)."""
+"""DMR's REST surface: model management (registry); the /engines routes live in dmr/engines.py."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import TypeVar
 
 import orjson
-import pydantic
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -14,17 +12,16 @@ from starlette.responses import PlainTextResponse, Response
 from modelrunner.v1 import registry_pb2
 from services.common.reference import InvalidReference, parse_reference
 from services.gateway import errors
-from services.gateway.bodies import read_body
+from services.gateway.bodies import read_body_model
 from services.gateway.context import GatewayContext
-from services.gateway.dmr.models import CreateRequest, PushBody, UnloadRequest
+from services.gateway.dmr import engines
+from services.gateway.dmr.models import CreateRequest, PushBody
 from services.gateway.dmr.package import package_upload
 from services.gateway.dmr.transfers import stream_transfer
-from services.gateway.models_view import BACKEND_NAME, dmr_model, placement_status
+from services.gateway.models_view import dmr_model
 from services.gateway.responses import json_response
 
 __all__ = ["build_router"]
-
-_Body = TypeVar("_Body", bound=pydantic.BaseModel)
 
 _RUNNING = "Docker Model Runner is running"
 _TRUE = {"", "1", "true", "t", "yes"}
@@ -67,7 +64,7 @@ def build_router(context: GatewayContext) -> APIRouter:
     async def create_model(request: Request) -> Response:
         """DMR's pull. A model whose tag is already in the store answers DMR's cache-hit line
         without asking the network (so it works offline); anything else is pulled."""
-        create = await _read_body_model(request, CreateRequest, context.settings.max_body_bytes)
+        create = await read_body_model(request, CreateRequest, context.settings.max_body_bytes)
         try:
             wanted = parse_reference(create.source).familiar
         except InvalidReference as exc:
@@ -93,7 +90,7 @@ def build_router(context: GatewayContext) -> APIRouter:
 
     @router.post("/models/{name:path}/push")
     async def push_model(name: str, request: Request) -> Response:
-        push = await _read_body_model(request, PushBody, context.settings.max_body_bytes)
+        push = await read_body_model(request, PushBody, context.settings.max_body_bytes)
         call = context.registry.push(
             name,
             registry_pb2.RegistryCredentials(bearer_token=push.bearer_token),
@@ -146,45 +143,5 @@ def build_router(context: GatewayContext) -> APIRouter:
         actions.extend({"Deleted": model_id} for model_id in reply.deleted)
         return json_response(actions)
 
-    @router.get("/engines/status")
-    async def engines_status() -> Response:
-        return json_response({BACKEND_NAME: f"Running: {BACKEND_NAME}"})
-
-    @router.get("/engines/ps")
-    async def engines_ps() -> Response:
-        with errors.translate_rpc_errors("scheduler"):
-            placements = await context.scheduler.list_placements()
-        return json_response([placement_status(placement) for placement in placements])
-
-    @router.post("/engines/unload")
-    async def engines_unload(request: Request) -> Response:
-        unload = await _read_body_model(request, UnloadRequest, context.settings.max_body_bytes)
-        if unload.backend not in ("", BACKEND_NAME):
-            # Nothing runs on backends this gateway does not have.
-            return json_response({"unloaded_runners": 0})
-        if not unload.all and not unload.models:
-            raise errors.InvalidRequest("give `all: true` or a list of `models` to unload")
-        with errors.translate_rpc_errors("scheduler"):
-            count = await context.scheduler.unload_models(
-                unload_all=unload.all, models=unload.models
-            )
-        return json_response({"unloaded_runners": count})
-
+    router.include_router(engines.build_router(context))
     return router
-
-
-async def _read_body_model(request: Request, model: type[_Body], limit: int) -> _Body:
-    """A JSON body parsed into `model`; an empty body counts as `{}`. 400 when it does not fit."""
-    body = await read_body(request, limit)
-    try:
-        return model.model_validate(orjson.loads(body) if body.strip() else {})
-    except orjson.JSONDecodeError as exc:
-        raise errors.InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    except pydantic.ValidationError as exc:
-        raise errors.InvalidRequest(f"invalid request body: {_first_error(exc)}") from None
-
-
-def _first_error(exc: pydantic.ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"

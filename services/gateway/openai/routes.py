@@ -1,7 +1,8 @@
 """OpenAI routes under DMR's three prefixes: /engines/llama.cpp/v1, /engines/v1 and /v1.
 
 Request and response bodies are llama-server's own OpenAI dialect, so nothing is translated: the
-handler reads the body, learns `model` and `stream`, and hands the original bytes to the hot path.
+handler reads the body, learns `model` and `stream`, computes the routing hints from the same
+parse (hints.py), and hands the original bytes to the hot path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from modelrunner.v1 import common_pb2
 from services.gateway import errors
 from services.gateway.bodies import read_body
 from services.gateway.context import GatewayContext
+from services.gateway.hints import routing_hints
 from services.gateway.inference import InferenceRequest, parse_envelope, request_id_from
 from services.gateway.models_view import BACKEND_NAME, openai_model, openai_model_list
 from services.gateway.relay import InferenceResponse
@@ -47,15 +49,17 @@ def build_router(context: GatewayContext) -> APIRouter:
             request_id = request_id_from(request.headers)
             try:
                 body = await read_body(request, context.settings.max_body_bytes)
-                model, stream = parse_envelope(body)
+                envelope = parse_envelope(body)
+                hints = routing_hints(request.headers, envelope.payload, endpoint, context.settings)
             except errors.GatewayError as err:
                 return error_response(err, request_id)
             inference_request = InferenceRequest(
                 request_id=request_id,
                 endpoint=endpoint,
-                model=model,
-                stream=stream,
+                model=envelope.model,
+                stream=envelope.stream,
                 body=body,
+                hints=hints,
             )
             if request.headers.get(PRELOAD_HEADER, "").strip().lower() == "true":
                 return await _preload(inference_request)

@@ -383,6 +383,26 @@ class BlobStore:
                 if entry.is_file():
                     yield candidate
 
+    async def disk_usage(self) -> tuple[int, int]:
+        """(bytes of complete blobs, bytes of partial downloads)."""
+        return await asyncio.to_thread(self._disk_usage)
+
+    def _disk_usage(self) -> tuple[int, int]:
+        complete = partial = 0
+        base = self._root / "blobs"
+        if not base.is_dir():
+            return 0, 0
+        for entry in base.glob("*/*"):
+            try:
+                size = entry.stat().st_size
+            except FileNotFoundError:
+                continue
+            if entry.name.endswith(INCOMPLETE_SUFFIX):
+                partial += size
+            else:
+                complete += size
+        return complete, partial
+
     async def remove_stale_incomplete(self, *, older_than: float, now: float) -> list[Path]:
         """Delete partial files last modified before `now - older_than` (DMR does this at start)."""
         return await asyncio.to_thread(self._remove_stale, now - older_than)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from services.common.digest import InvalidDigest, parse_digest
+from services.common.files import write_atomically
 from services.registry.errors import StoreCorrupt
 
 __all__ = [
@@ -174,23 +173,6 @@ class IndexDocument:
         return cls(entries, extra)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _encode(document: IndexDocument) -> bytes:
     return json.dumps(document.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -221,9 +203,9 @@ class Index:
             if version != LAYOUT_VERSION:
                 raise StoreCorrupt(f"{layout}: unsupported imageLayoutVersion {version!r}")
         else:
-            _write_atomically(layout, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
+            write_atomically(layout, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
         if not self.path.exists():
-            _write_atomically(self.path, _encode(IndexDocument()))
+            write_atomically(self.path, _encode(IndexDocument()))
 
     async def read(self) -> IndexDocument:
         return await asyncio.to_thread(self._read)
@@ -242,7 +224,7 @@ class Index:
     async def reset(self) -> None:
         """Replace the index with an empty one, even when the current one is unreadable."""
         async with self._lock:
-            await asyncio.to_thread(_write_atomically, self.path, _encode(IndexDocument()))
+            await asyncio.to_thread(write_atomically, self.path, _encode(IndexDocument()))
 
     async def update(self, change: Callable[[IndexDocument], IndexDocument]) -> IndexDocument:
         """Apply `change` to the current index and persist the result; returns it.
@@ -253,5 +235,5 @@ class Index:
             current = await self.read()
             updated = change(current)
             if updated != current:
-                await asyncio.to_thread(_write_atomically, self.path, _encode(updated))
+                await asyncio.to_thread(write_atomically, self.path, _encode(updated))
             return updated

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 
@@ -30,9 +31,10 @@ from services.worker.blob_cache import BlobCache, FetchLimits
 from services.worker.errors import BinaryNotFoundError
 from services.worker.leases import LeaseReleaser
 from services.worker.llama_client import ClientLimits
+from services.worker.llama_engine import LlamaEngineSettings, LlamaServerEngine, RunnerTimeouts
 from services.worker.metrics import MetricsLimits, MetricsScraper
 from services.worker.pool import PoolSettings, RunnerPool
-from services.worker.runner import RunnerState, RunnerTimeouts
+from services.worker.runner import RunnerState
 from services.worker.server import SERVICE_NAME, WorkerServicer
 from tests.unit.worker.fake_registry import FakeRegistry, running_registry
 from tests.unit.worker.fake_scheduler import FakeScheduler, serve_scheduler
@@ -74,6 +76,7 @@ class Worker:
     scheduler: FakeScheduler
     pool: RunnerPool
     model: common_pb2.Model
+    runtime_dir: Path
 
 
 @pytest.fixture
@@ -87,16 +90,14 @@ async def worker(
     scheduler_channel = open_channel(scheduler_address)
     async with running_registry(registry) as registry_stub:
         cache = BlobCache(blob_cache_dir, registry_stub, FetchLimits(30.0, 300.0))
-        pool = RunnerPool(
-            PoolSettings(
+        engine = LlamaServerEngine(
+            LlamaEngineSettings(
                 binary=llama_server,
                 runtime_dir=runtime_dir,
                 name_prefix=str(os.getpid()),
                 # One thread: llama.cpp's spinning thread barriers collapse when the 2 cores are
                 # shared with other processes (a 24-token answer then takes tens of seconds).
                 llama_args=("--threads", "1"),
-                max_runners=2,
-                drain_timeout=5.0,
                 runner_timeouts=RunnerTimeouts(
                     ready_timeout=120.0,
                     health_poll_interval=0.1,
@@ -112,6 +113,7 @@ async def worker(
             ),
             cache,
         )
+        pool = RunnerPool(PoolSettings(max_runners=2, drain_timeout=5.0), engine)
         server = GrpcServer("127.0.0.1:0", [SERVICE_NAME])
         releaser = LeaseReleaser(scheduler_pb2_grpc.SchedulerStub(scheduler_channel), 2.0)
         scraper = MetricsScraper(pool, MetricsLimits(timeout=5.0, max_bytes=1024 * 1024))
@@ -132,7 +134,7 @@ async def worker(
             ],
         )
         try:
-            yield Worker(worker_pb2_grpc.WorkerStub(channel), scheduler, pool, model)
+            yield Worker(worker_pb2_grpc.WorkerStub(channel), scheduler, pool, model, runtime_dir)
         finally:
             await channel.close()
             await server.stop(grace=2.0)
@@ -237,3 +239,40 @@ async def test_killed_llama_server_fails_fast_and_a_new_load_serves(worker: Work
     head, body = await generate(worker, common_pb2.ENDPOINT_KIND_CHAT_COMPLETIONS, CHAT)
     assert head.status_code == 200 and sse_content(body).strip()
     await asyncio.sleep(0)
+
+
+async def _get_json(socket_path: Path, path: str) -> object:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(path=str(socket_path)),
+        timeout=aiohttp.ClientTimeout(total=10),
+    ) as session:
+        async with session.get(f"http://llama-server{path}") as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+
+async def test_parallel_slots_each_get_the_context_size(worker: Worker) -> None:
+    loaded = await worker.stub.Load(
+        worker_pb2.LoadRequest(
+            model=worker.model,
+            reference="ai/smollm2:latest",
+            context_size=1024,
+            parallel=2,
+            llama_args=["--temp", "0.3"],
+            memory_estimate_bytes=500 * 1024**2,
+        ),
+        timeout=180,
+    )
+    runner = loaded.runner
+    assert (runner.context_size, runner.parallel) == (1024, 2)
+    assert runner.memory_bytes == 500 * 1024**2
+    [socket_path] = worker.runtime_dir.glob("*.sock")
+    props = await _get_json(socket_path, "/props")
+    assert isinstance(props, dict)
+    assert props["total_slots"] == 2
+    assert props["default_generation_settings"]["n_ctx"] == 1024
+    slots = await _get_json(socket_path, "/slots")
+    assert isinstance(slots, list)
+    assert [slot["n_ctx"] for slot in slots] == [1024, 1024]
+    # The model's own arguments reached llama-server, after LLAMA_ARGS.
+    assert props["default_generation_settings"]["params"]["temperature"] == pytest.approx(0.3)

@@ -25,11 +25,29 @@ from modelrunner.v1 import (
 from services.common.reference import InvalidReference, parse_reference
 
 MODEL_ID = "sha256:" + "ab" * 32
+REASON_KEY = "x-modelrunner-reason"
+
+# A scripted failure: (code, details) or (code, details, x-modelrunner-reason).
+Failure = tuple[grpc.StatusCode, str] | tuple[grpc.StatusCode, str, str]
 
 Script = Callable[
     [worker_pb2.GenerateRequest, grpc.aio.ServicerContext],
     AsyncIterator[worker_pb2.GenerateResponse],
 ]
+
+
+async def abort(context: grpc.aio.ServicerContext, failure: Failure) -> None:
+    """End the call with `failure`, its reason (if any) in the trailing metadata."""
+    code, details, *reason = failure
+    metadata = ((REASON_KEY, reason[0]),) if reason else ()
+    await context.abort(code, details, trailing_metadata=metadata)
+
+
+def familiar(model: str) -> str:
+    try:
+        return parse_reference(model).familiar
+    except InvalidReference:
+        return model
 
 
 def head(status: int = 200, content_type: str = "application/json") -> worker_pb2.GenerateResponse:
@@ -114,14 +132,22 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
     worker_address: str
     assign_requests: list[scheduler_pb2.AssignRequest] = field(default_factory=list)
     assign_time_remaining: list[float | None] = field(default_factory=list)
-    # Consumed one per Assign before any success: (code, details).
-    assign_errors: deque[tuple[grpc.StatusCode, str]] = field(default_factory=deque)
+    # Consumed one per Assign before any success.
+    assign_errors: deque[Failure] = field(default_factory=deque)
     # Consumed one per successful Assign; the worker address otherwise.
     addresses: deque[str] = field(default_factory=deque)
     releases: list[scheduler_pb2.ReleaseRequest] = field(default_factory=list)
     placements: list[scheduler_pb2.Placement] = field(default_factory=list)
     unload_requests: list[scheduler_pb2.UnloadModelsRequest] = field(default_factory=list)
     unloaded: int = 0
+    # ConfigureModel stores entries by reference (as the real one, after resolving the model);
+    # `configure_errors` are consumed one per call first.
+    configure_requests: list[scheduler_pb2.ConfigureModelRequest] = field(default_factory=list)
+    configure_errors: deque[Failure] = field(default_factory=deque)
+    configs: dict[str, scheduler_pb2.ModelConfigEntry] = field(default_factory=dict)
+    config_queries: list[str] = field(default_factory=list)
+    workers: list[scheduler_pb2.WorkerStatus] = field(default_factory=list)
+    workers_error: Failure | None = None
 
     async def Assign(
         self, request: scheduler_pb2.AssignRequest, context: grpc.aio.ServicerContext
@@ -129,8 +155,7 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
         self.assign_requests.append(request)
         self.assign_time_remaining.append(context.time_remaining())
         if self.assign_errors:
-            code, details = self.assign_errors.popleft()
-            await context.abort(code, details)
+            await abort(context, self.assign_errors.popleft())
         address = self.addresses.popleft() if self.addresses else self.worker_address
         number = len(self.assign_requests)
         return scheduler_pb2.AssignResponse(
@@ -157,6 +182,37 @@ class FakeScheduler(scheduler_pb2_grpc.SchedulerServicer):
     ) -> scheduler_pb2.UnloadModelsResponse:
         self.unload_requests.append(request)
         return scheduler_pb2.UnloadModelsResponse(unloaded_runners=self.unloaded)
+
+    async def ConfigureModel(
+        self, request: scheduler_pb2.ConfigureModelRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ModelConfigEntry:
+        self.configure_requests.append(request)
+        if self.configure_errors:
+            await abort(context, self.configure_errors.popleft())
+        reference = familiar(request.model)
+        entry = scheduler_pb2.ModelConfigEntry(
+            model_id=MODEL_ID, reference=reference, config=request.config
+        )
+        self.configs[reference] = entry
+        return entry
+
+    async def ListModelConfigs(
+        self, request: scheduler_pb2.ListModelConfigsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListModelConfigsResponse:
+        self.config_queries.append(request.model)
+        entries = [
+            entry
+            for reference, entry in sorted(self.configs.items())
+            if not request.model or familiar(request.model) == reference
+        ]
+        return scheduler_pb2.ListModelConfigsResponse(entries=entries)
+
+    async def ListWorkers(
+        self, request: scheduler_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListWorkersResponse:
+        if self.workers_error is not None:
+            await abort(context, self.workers_error)
+        return scheduler_pb2.ListWorkersResponse(workers=self.workers)
 
 
 def smollm2(*tags: str) -> common_pb2.Model:
@@ -196,16 +252,15 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
     upload_cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     purges: int = 0
     purge_failure: tuple[grpc.StatusCode, str] | None = None
+    disk: registry_pb2.DiskUsageResponse = field(default_factory=registry_pb2.DiskUsageResponse)
+    disk_failure: Failure | None = None
 
     def _find(self, reference: str) -> common_pb2.Model | None:
-        try:
-            familiar = parse_reference(reference).familiar
-        except InvalidReference:
-            familiar = reference
+        name = familiar(reference)
         for model in self.models:
             if reference in (model.id, model.id.removeprefix("sha256:")[:12]):
                 return model
-            if familiar in model.tags:
+            if name in model.tags:
                 return model
             # DMR's partial names: "smollm2" finds "ai/smollm2:latest".
             if any(tag.rsplit(":", 1)[0].rsplit("/", 1)[-1] == reference for tag in model.tags):
@@ -294,6 +349,13 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
         count = len(self.models)
         self.models.clear()
         return registry_pb2.PurgeResponse(deleted_models=count, deleted_blobs=3 * count)
+
+    async def DiskUsage(
+        self, request: registry_pb2.DiskUsageRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DiskUsageResponse:
+        if self.disk_failure is not None:
+            await abort(context, self.disk_failure)
+        return self.disk
 
     async def _transfer(
         self,

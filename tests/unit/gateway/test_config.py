@@ -89,3 +89,32 @@ def test_disable_metrics(value: str, enabled: bool) -> None:
     settings = GatewaySettings.from_env({"DISABLE_METRICS": value, "GATEWAY_METRICS_TIMEOUT": "2s"})
     assert settings.metrics_enabled is enabled
     assert settings.metrics_timeout == 2
+
+
+def test_routing_hint_limits() -> None:
+    defaults = GatewaySettings.from_env({})
+    assert (defaults.prefix_chunk_chars, defaults.max_prefix_hashes) == (256, 32)
+    assert defaults.max_affinity_key_chars == 256
+
+    settings = GatewaySettings.from_env(
+        {
+            "GATEWAY_PREFIX_CHUNK_CHARS": "64",
+            "GATEWAY_MAX_PREFIX_HASHES": "0",
+            "GATEWAY_MAX_AFFINITY_KEY_CHARS": "128",
+        }
+    )
+    assert (settings.prefix_chunk_chars, settings.max_prefix_hashes) == (64, 0)
+    assert settings.max_affinity_key_chars == 128
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_PREFIX_CHUNK_CHARS", "0"),
+        ("GATEWAY_MAX_PREFIX_HASHES", "-1"),
+        ("GATEWAY_MAX_AFFINITY_KEY_CHARS", "16"),
+    ],
+)
+def test_bad_routing_hint_limits_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingError, match=name):
+        GatewaySettings.from_env({name: value})

@@ -106,3 +106,63 @@ def test_translate_rpc_errors_raises_gateway_errors() -> None:
     with pytest.raises(errors.Conflict):
         with errors.translate_rpc_errors("registry", precondition=errors.Conflict):
             raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def rpc_error_with_reason(
+    code: grpc.StatusCode, reason: str, details: str = "details"
+) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(("other-key", "x"), (errors.REASON_KEY, reason)),
+        details=details,
+    )
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ],
+)
+def test_insufficient_memory_is_507_whatever_the_code(code: grpc.StatusCode) -> None:
+    message = "ai/big needs 9.1 GiB; the largest worker has 4.0 GiB free after evicting idle models"
+    err = errors.from_rpc_error(
+        rpc_error_with_reason(code, "insufficient-memory", message), RpcStep.ASSIGN
+    )
+
+    assert isinstance(err, errors.InsufficientMemory)
+    assert err.status_code == 507
+    assert err.error_type == "insufficient_storage"
+    assert err.message == message
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAVAILABLE,
+    ],
+)
+def test_queue_full_is_503_with_retry_after_whatever_the_code(code: grpc.StatusCode) -> None:
+    err = errors.from_rpc_error(
+        rpc_error_with_reason(code, "queue-full", "64 requests wait for ai/smollm2"),
+        RpcStep.ASSIGN,
+        retry_after=2.5,
+    )
+
+    assert err.status_code == 503
+    assert err.headers == {"Retry-After": "3"}
+    assert err.message == "64 requests wait for ai/smollm2"
+
+
+def test_an_unknown_reason_falls_back_to_the_code() -> None:
+    err = errors.from_rpc_error(
+        rpc_error_with_reason(grpc.StatusCode.NOT_FOUND, "something-new"), RpcStep.ASSIGN
+    )
+
+    assert err.status_code == 404
+    assert errors.rpc_reason(rpc_error(grpc.StatusCode.NOT_FOUND)) == ""

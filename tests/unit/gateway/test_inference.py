@@ -394,3 +394,57 @@ async def test_preload_of_an_unknown_model_is_404(
 
     assert response.status_code == 404
     assert not neighbours.scheduler.releases
+
+
+async def test_insufficient_memory_is_507_with_the_schedulers_message(
+    client: httpx.AsyncClient, neighbours: Neighbours
+) -> None:
+    message = "ai/smollm2 needs 1.2 GiB; no worker with tags {} has it free (largest: 0.5 GiB)"
+    neighbours.scheduler.assign_errors.append(
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, message, "insufficient-memory")
+    )
+
+    response = await client.post(CHAT, content=BODY)
+
+    assert response.status_code == 507
+    error = error_of(response)
+    assert error["type"] == "insufficient_storage"
+    assert error["message"] == message
+    assert "retry-after" not in response.headers
+    assert len(neighbours.scheduler.assign_requests) == 1
+    assert not neighbours.worker.requests
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ],
+)
+async def test_queue_full_reason_is_503_with_retry_after_and_no_retry(
+    client: httpx.AsyncClient, neighbours: Neighbours, code: grpc.StatusCode
+) -> None:
+    neighbours.scheduler.assign_errors.append((code, "queue of ai/smollm2 is full", "queue-full"))
+
+    response = await client.post(CHAT, content=BODY)
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert error_of(response)["message"] == "queue of ai/smollm2 is full"
+    assert len(neighbours.scheduler.assign_requests) == 1
+
+
+async def test_preload_of_a_model_that_fits_nowhere_is_507(
+    client: httpx.AsyncClient, neighbours: Neighbours
+) -> None:
+    neighbours.scheduler.assign_errors.append(
+        (grpc.StatusCode.UNAVAILABLE, "needs 9 GiB", "insufficient-memory")
+    )
+
+    response = await client.post(CHAT, content=BODY, headers={"X-Preload-Only": "true"})
+
+    assert response.status_code == 507
+    assert len(neighbours.scheduler.assign_requests) == 1
+    assert not neighbours.scheduler.releases

@@ -8,7 +8,7 @@ import grpc
 import httpx
 import pytest
 
-from modelrunner.v1 import common_pb2, registry_pb2, scheduler_pb2
+from modelrunner.v1 import registry_pb2
 from services.gateway.config import GatewaySettings
 from tests.support.processes import free_port
 from tests.unit.gateway.conftest import Neighbours, asgi_client
@@ -44,7 +44,7 @@ OPENAI_SMOLLM2 = {
 }
 
 
-async def test_root_version_and_status(client: httpx.AsyncClient) -> None:
+async def test_root_and_version(client: httpx.AsyncClient) -> None:
     root = await client.get("/")
     assert root.status_code == 200
     assert root.text == "Docker Model Runner is running"
@@ -52,9 +52,6 @@ async def test_root_version_and_status(client: httpx.AsyncClient) -> None:
     version = await client.get("/version")
     assert version.status_code == 200
     assert isinstance(version.json()["version"], str)
-
-    status = await client.get("/engines/status")
-    assert status.json() == {"llama.cpp": "Running: llama.cpp"}
 
 
 async def test_list_models_dmr_shape(client: httpx.AsyncClient) -> None:
@@ -318,68 +315,6 @@ async def test_create_rejects_bad_bodies(client: httpx.AsyncClient, body: bytes)
 
     assert response.status_code == 400
     error_of(response)
-
-
-async def test_engines_ps_rows(client: httpx.AsyncClient, neighbours: Neighbours) -> None:
-    neighbours.scheduler.placements = [
-        scheduler_pb2.Placement(
-            worker_id="worker-1",
-            worker_address="10.0.0.2:50053",
-            runner=common_pb2.RunnerInfo(
-                model_id=MODEL_ID,
-                reference="ai/smollm2:latest",
-                state=common_pb2.RUNNER_STATE_READY,
-                in_flight=1,
-            ),
-            in_flight=1,
-            last_used_ms=1_700_000_000_000,
-            expires_ms=1_700_000_300_000,
-        ),
-        scheduler_pb2.Placement(
-            worker_id="worker-2",
-            worker_address="10.0.0.3:50053",
-            runner=common_pb2.RunnerInfo(
-                model_id=MODEL_ID,
-                reference="ai/smollm2:latest",
-                state=common_pb2.RUNNER_STATE_STARTING,
-            ),
-        ),
-    ]
-
-    response = await client.get("/engines/ps")
-
-    assert response.status_code == 200
-    assert response.json() == [
-        {
-            "backend_name": "llama.cpp",
-            "model_name": "ai/smollm2:latest",
-            "mode": "completion",
-            "in_use": True,
-            "loading": False,
-            "last_used": "2023-11-14T22:13:20.000Z",
-            "keep_alive": "5m0s",
-            "worker_id": "worker-1",
-            "worker_address": "10.0.0.2:50053",
-            "model_id": MODEL_ID,
-            "state": "ready",
-            "in_flight": 1,
-            "expires_at": "2023-11-14T22:18:20.000Z",
-        },
-        {
-            "backend_name": "llama.cpp",
-            "model_name": "ai/smollm2:latest",
-            "mode": "completion",
-            "in_use": False,
-            "loading": True,
-            "keep_alive": "-1",
-            "worker_id": "worker-2",
-            "worker_address": "10.0.0.3:50053",
-            "model_id": MODEL_ID,
-            "state": "starting",
-            "in_flight": 0,
-            "expires_at": None,
-        },
-    ]
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         self.memory_free = memory_free
         self.runners: dict[str, common_pb2.RunnerInfo] = {}
         self.load_calls: list[str] = []
+        self.load_requests: list[worker_pb2.LoadRequest] = []
         self.unload_calls: list[str] = []
         self.gate = asyncio.Event()
         self.gate.set()
@@ -134,6 +135,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         self, request: worker_pb2.LoadRequest, context: Context
     ) -> worker_pb2.LoadResponse:
         self.load_calls.append(request.model.id)
+        self.load_requests.append(request)
         await self.gate.wait()
         if self.fail_with is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, self.fail_with)
@@ -143,7 +145,9 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
             reference=request.reference,
             state=common_pb2.RUNNER_STATE_READY,
             generation=self._generation,
-            context_size=request.model.config.context_size,
+            context_size=request.context_size,
+            parallel=request.parallel,
+            memory_bytes=request.memory_estimate_bytes,
         )
         self.runners[request.model.id] = runner
         return worker_pb2.LoadResponse(runner=runner)
@@ -233,8 +237,9 @@ class Cluster:
 
     @asynccontextmanager
     async def scheduler(self) -> AsyncIterator[Scheduler]:
+        # Configurations stay in memory unless a test names a file.
         settings = SchedulerSettings.from_env(
-            {"REGISTRY_ADDRESS": self.registry.address, **self.env}
+            {"REGISTRY_ADDRESS": self.registry.address, "SCHEDULER_STATE_PATH": "", **self.env}
         )
         app = SchedulerApp(
             settings,

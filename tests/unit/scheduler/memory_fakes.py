@@ -8,6 +8,7 @@ from modelrunner.v1 import common_pb2
 from services.scheduler.errors import LoadFailed
 from services.scheduler.resolver import ResolvedModel
 from services.scheduler.snapshot import RunnerReport, RunnerState, WorkerSpec
+from services.scheduler.workers import LoadOptions
 
 
 def resolved(name: str = "m") -> ResolvedModel:
@@ -27,15 +28,17 @@ class MemoryWorkers:
         self.gate.set()
         self.fail_with: str | None = None
         self.loads: list[tuple[str, str]] = []
+        self.options: list[LoadOptions] = []
         self.unloads: list[tuple[str, str]] = []
         self.unload_gate = asyncio.Event()
         self.unload_gate.set()
         self.closed = False
 
     async def load(
-        self, worker: WorkerSpec, model: ResolvedModel, *, timeout: float
+        self, worker: WorkerSpec, model: ResolvedModel, options: LoadOptions, *, timeout: float
     ) -> RunnerReport:
         self.loads.append((worker.worker_id, model.model_id))
+        self.options.append(options)
         await self.gate.wait()
         if self.fail_with is not None:
             raise LoadFailed(model.reference, worker.worker_id, self.fail_with)
@@ -44,6 +47,9 @@ class MemoryWorkers:
             reference=model.reference,
             state=RunnerState.READY,
             generation=len(self.loads),
+            memory_bytes=options.memory_bytes,
+            parallel=options.parallel,
+            context_size=options.context_size,
         )
 
     async def unload(self, worker: WorkerSpec, model_id: str, *, timeout: float) -> bool:

@@ -15,7 +15,17 @@ def test_defaults() -> None:
     assert settings.worker_timeout == 6.0
     assert settings.load_timeout == 300.0
     assert settings.lease_timeout == 900.0
-    assert settings.max_waiting_per_model == 64
+    assert settings.max_waiting_per_model == 256
+    assert settings.default_parallel == 4
+    assert settings.default_context_size == 4096
+    assert settings.default_max_replicas == 1
+    assert settings.routing == "affinity"
+    assert settings.state_path is not None
+    assert settings.state_path.name == "model-configs.json"
+
+
+def test_empty_state_path_keeps_configurations_in_memory() -> None:
+    assert SchedulerSettings.from_env({"SCHEDULER_STATE_PATH": ""}).state_path is None
 
 
 @pytest.mark.parametrize(
@@ -45,6 +55,10 @@ def test_worker_timeout_follows_the_heartbeat_interval() -> None:
         {"SCHEDULER_MAX_WAITING_PER_MODEL": "many"},
         {"SCHEDULER_LOAD_TIMEOUT": "-1"},
         {"SCHEDULER_SHUTDOWN_GRACE": "-1"},
+        {"SCHEDULER_ROUTING": "random"},
+        {"SCHEDULER_DEFAULT_PARALLEL": "0"},
+        {"SCHEDULER_AFFINITY_MAX_IMBALANCE": "-1"},
+        {"SCHEDULER_QUEUE_TIMEOUT": "0"},
     ],
 )
 def test_invalid_settings_are_rejected(env: dict[str, str]) -> None:

@@ -133,7 +133,9 @@ def test_due_runners(
     due: list[str],
     next_at: float | None,
 ) -> None:
-    chosen, wake = due_runners(cluster, keep_alive, loading)
+    chosen, wake = due_runners(
+        cluster, lambda model_id: keep_alive, lambda runner: runner.model_id in loading
+    )
     assert [r.worker_id for r in chosen] == due
     assert wake == next_at
 
@@ -150,7 +152,6 @@ def reaper(
         workers=workers,
         clock=clock,
         load_timeout=5.0,
-        max_waiting=4,
         rpc_timeout=5.0,
     )
     membership.register(
@@ -158,7 +159,11 @@ def reaper(
     )
     return (
         Reaper(
-            membership=membership, leases=leases, loader=loader, clock=clock, keep_alive=keep_alive
+            membership=membership,
+            leases=leases,
+            clock=clock,
+            keep_alive_for=lambda model_id: keep_alive,
+            unload=loader.unload,
         ),
         membership,
         leases,
@@ -219,3 +224,15 @@ async def test_background_loop_wakes_on_poke_and_stops() -> None:
     await poll(lambda: workers.unloads == [("w1", "m")], what="unload after poke")
     r.stop()
     await asyncio.wait_for(task, 5)
+
+
+def test_keep_alive_is_per_model() -> None:
+    cluster = snapshot(
+        worker("a", runners=(runner("a", "short", last_used=NOW - 10),)),
+        worker("b", runners=(runner("b", "long", last_used=NOW - 10),)),
+        worker("c", runners=(runner("c", "pinned", last_used=NOW - 1e6),)),
+    )
+    keep_alive = {"short": 5.0, "long": 60.0, "pinned": None}
+    chosen, wake = due_runners(cluster, keep_alive.__getitem__)
+    assert [r.worker_id for r in chosen] == ["a"]
+    assert wake == NOW + 50

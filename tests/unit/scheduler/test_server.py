@@ -46,13 +46,13 @@ async def placements(scheduler: Scheduler) -> list[scheduler_pb2.Placement]:
 
 
 async def test_cold_model_is_loaded_once_for_concurrent_assigns() -> None:
-    async with cluster() as c, c.scheduler() as s:
+    async with cluster(env={"SCHEDULER_DEFAULT_PARALLEL": "16"}) as c, c.scheduler() as s:
         for worker in c.workers.values():
             await worker.register(s.stub)
         w1 = c.workers["w1"]
         w1.gate.clear()
         calls = [asyncio.create_task(assign(s)) for _ in range(10)]
-        await poll(lambda: s.app.control.loader.waiting(MODEL_ID) == 10, what="10 waiters")
+        await poll(lambda: s.app.control.queue.waiting(MODEL_ID) == 10, what="10 waiters")
         w1.gate.set()
         replies = await asyncio.gather(*calls)
 
@@ -98,7 +98,7 @@ async def test_load_failure_reaches_every_waiter_and_is_not_cached() -> None:
         w1.gate.clear()
         w1.fail_with = "llama-server exited: failed to load model"
         calls = [asyncio.create_task(assign(s)) for _ in range(5)]
-        await poll(lambda: s.app.control.loader.waiting(MODEL_ID) == 5, what="5 waiters")
+        await poll(lambda: s.app.control.queue.waiting(MODEL_ID) == 5, what="5 waiters")
         w1.gate.set()
         results = await asyncio.gather(*calls, return_exceptions=True)
 
@@ -120,10 +120,13 @@ async def test_waiters_beyond_the_bound_are_rejected_at_once() -> None:
         await c.workers["w1"].register(s.stub)
         c.workers["w1"].gate.clear()
         calls = [asyncio.create_task(assign(s)) for _ in range(2)]
-        await poll(lambda: s.app.control.loader.waiting(MODEL_ID) == 2, what="2 waiters")
+        await poll(lambda: s.app.control.queue.waiting(MODEL_ID) == 2, what="2 waiters")
         with pytest.raises(grpc.aio.AioRpcError) as excinfo:
             await assign(s)
         assert excinfo.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert ("x-modelrunner-reason", "queue-full") in tuple(
+            excinfo.value.trailing_metadata() or ()
+        )
         c.workers["w1"].gate.set()
         assert len(await asyncio.gather(*calls)) == 2
         assert c.workers["w1"].load_calls == [MODEL_ID]

@@ -28,6 +28,7 @@ def runner(
     last_used: float | None = None,
     last_assigned: float | None = None,
     generation: int = 1,
+    memory_bytes: int = 0,
 ) -> RunnerView:
     return RunnerView(
         worker_id=worker_id,
@@ -38,6 +39,7 @@ def runner(
             state=state,
             generation=generation,
             in_flight=reported_in_flight,
+            memory_bytes=memory_bytes,
         ),
         in_flight=in_flight,
         pending=pending,
@@ -51,6 +53,7 @@ def worker(
     worker_id: str,
     *,
     free: int = 0,
+    total: int = 0,
     alive: bool = True,
     tags: Mapping[str, str] | None = None,
     runners: tuple[RunnerView, ...] = (),
@@ -61,6 +64,7 @@ def worker(
             address=f"{worker_id}:1",
             tags=tags or {},
             memory_free_bytes=free,
+            memory_total_bytes=total,
         ),
         last_seen=NOW,
         alive=alive,

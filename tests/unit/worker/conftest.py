@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.worker.pool import RunnerPool
-from tests.unit.worker.support import FAKE_SERVER, FakeBlobs, make_pool_settings
+from tests.unit.worker.support import FAKE_SERVER, FakeBlobs, make_pool
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +38,6 @@ def blobs(tmp_path: Path) -> FakeBlobs:
 
 @pytest.fixture
 async def pool(fake_binary: Path, runtime_dir: Path, blobs: FakeBlobs) -> AsyncIterator[RunnerPool]:
-    running = RunnerPool(make_pool_settings(fake_binary, runtime_dir), blobs)
+    running = make_pool(fake_binary, runtime_dir, blobs)
     yield running
     await running.close()

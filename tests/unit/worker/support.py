@@ -10,10 +10,15 @@ from pathlib import Path
 from services.common.digest import sha256_digest
 from services.worker.artifact import GGUF_MEDIA_TYPE, Layer, ModelSpec
 from services.worker.llama_client import ClientLimits
-from services.worker.pool import PoolSettings
-from services.worker.runner import RunnerTimeouts
+from services.worker.llama_engine import (
+    BlobSource,
+    LlamaEngineSettings,
+    LlamaServerEngine,
+    RunnerTimeouts,
+)
+from services.worker.pool import PoolSettings, RunnerPool
 
-__all__ = ["FAKE_SERVER", "FakeBlobs", "eventually", "make_pool_settings"]
+__all__ = ["FAKE_SERVER", "FakeBlobs", "eventually", "make_pool"]
 
 FAKE_SERVER = Path(__file__).with_name("fake_llama_server.py")
 
@@ -45,9 +50,10 @@ class FakeBlobs:
         return self.paths[digest]
 
 
-def make_pool_settings(
+def make_pool(
     binary: Path,
     runtime_dir: Path,
+    blobs: BlobSource,
     *,
     llama_args: tuple[str, ...] = (),
     max_runners: int = 4,
@@ -55,26 +61,32 @@ def make_pool_settings(
     stop_timeout: float = 2.0,
     drain_timeout: float = 5.0,
     stream_idle_timeout: float = 5.0,
-) -> PoolSettings:
-    return PoolSettings(
-        binary=binary,
-        runtime_dir=runtime_dir,
-        name_prefix="t",
-        llama_args=llama_args,
-        max_runners=max_runners,
-        drain_timeout=drain_timeout,
-        runner_timeouts=RunnerTimeouts(
-            ready_timeout=ready_timeout,
-            health_poll_interval=0.02,
-            stop_timeout=stop_timeout,
-            log_max_bytes=1 << 20,
+    on_change: Callable[[], None] = lambda: None,
+) -> RunnerPool:
+    """A pool of the llama.cpp engine running `binary` (the stand-in llama-server)."""
+    engine = LlamaServerEngine(
+        LlamaEngineSettings(
+            binary=binary,
+            runtime_dir=runtime_dir,
+            name_prefix="t",
+            llama_args=llama_args,
+            runner_timeouts=RunnerTimeouts(
+                ready_timeout=ready_timeout,
+                health_poll_interval=0.02,
+                stop_timeout=stop_timeout,
+                log_max_bytes=1 << 20,
+            ),
+            client_limits=ClientLimits(
+                connect_timeout=1.0,
+                stream_idle_timeout=stream_idle_timeout,
+                request_timeout=stream_idle_timeout,
+                max_connections=8,
+            ),
         ),
-        client_limits=ClientLimits(
-            connect_timeout=1.0,
-            stream_idle_timeout=stream_idle_timeout,
-            request_timeout=stream_idle_timeout,
-            max_connections=8,
-        ),
+        blobs,
+    )
+    return RunnerPool(
+        PoolSettings(max_runners=max_runners, drain_timeout=drain_timeout), engine, on_change
     )
 
 

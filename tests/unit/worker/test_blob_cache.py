@@ -159,11 +159,49 @@ async def test_least_recently_used_blobs_are_evicted_over_the_limit(
         new = await cache.ensure(digests["new"], 1000)
         assert not old.exists()
         assert recent.exists() and new.exists()
+        assert cache.size_bytes() == 2000 == _walked(tmp_path)
         # Over the limit with every blob recent: nothing more is deleted.
         await cache.ensure(DIGEST, len(DATA))
         assert recent.exists() and new.exists()
+        assert cache.size_bytes() == 2000 + len(DATA) == _walked(tmp_path)
     finally:
         await cache.close()
+
+
+async def test_size_is_tracked_from_the_start_through_downloads_and_refetches(
+    tmp_path: Path, stub: registry_pb2_grpc.RegistryAsyncStub, fake: FakeRegistry
+) -> None:
+    other = os.urandom(200_000)
+    fake.blobs[sha256_digest(other)] = other
+    first = BlobCache(tmp_path, stub, FetchLimits(5.0, 30.0))
+    try:
+        assert first.size_bytes() == 0
+        await first.ensure(DIGEST, len(DATA))
+        # A partial download is not part of the cache's size.
+        fake.fail_after = 1000
+        with pytest.raises(BlobFetchError):
+            await first.ensure(sha256_digest(other), len(other))
+        assert first.size_bytes() == len(DATA)
+    finally:
+        await first.close()
+    # A restarted worker finds what is on disk; a truncated blob is replaced, not counted twice.
+    fake.fail_after = None
+    path = tmp_path / "blobs" / "sha256" / HEX
+    path.write_bytes(DATA[:10])
+    second = BlobCache(tmp_path, stub, FetchLimits(5.0, 30.0))
+    try:
+        assert second.size_bytes() == 10
+        await second.ensure(DIGEST, len(DATA))
+        await second.ensure(sha256_digest(other), len(other))
+        assert second.size_bytes() == len(DATA) + len(other) == _walked(tmp_path)
+    finally:
+        await second.close()
+
+
+def _walked(root: Path) -> int:
+    return sum(
+        path.stat().st_size for path in (root / "blobs").glob("*/*") if path.suffix != ".incomplete"
+    )
 
 
 def _age(path: Path, seconds: float) -> None:

@@ -92,3 +92,55 @@ def test_identity_explicit_values_win() -> None:
         {"WORKER_ID": "w1", "WORKER_ADVERTISE_ADDRESS": "worker-1:7000"}
     )
     assert settings.identity(50053) == ("w1", "worker-1:7000")
+
+
+def test_engine_defaults_to_llama_cpp_with_the_hosts_memory() -> None:
+    settings = WorkerSettings.from_env({})
+    assert settings.engine == "llama.cpp"
+    assert settings.memory_bytes == 0  # detected from /proc/meminfo
+    assert (settings.sim_load_time, settings.sim_tokens_per_second) == (1.0, 50.0)
+    assert (settings.sim_prompt_tokens_per_second, settings.sim_max_tokens) == (1000.0, 16)
+    assert settings.sim_parallel == 4
+
+
+def test_simulated_engine_settings() -> None:
+    settings = WorkerSettings.from_env(
+        {
+            "WORKER_ENGINE": "simulated",
+            "WORKER_SIM_LOAD_TIME": "250ms",
+            "WORKER_SIM_TOKENS_PER_SECOND": "20.5",
+            "WORKER_SIM_PROMPT_TOKENS_PER_SECOND": "400",
+            "WORKER_SIM_MAX_TOKENS": "8",
+            "WORKER_SIM_PARALLEL": "2",
+        }
+    )
+    assert settings.engine == "simulated"
+    # A simulated worker never reports the host's memory.
+    assert settings.memory_bytes == 16 * 1024**3
+    assert settings.sim_load_time == 0.25
+    assert settings.sim_tokens_per_second == 20.5
+    assert settings.sim_prompt_tokens_per_second == 400
+    assert (settings.sim_max_tokens, settings.sim_parallel) == (8, 2)
+    explicit = WorkerSettings.from_env({"WORKER_ENGINE": "simulated", "WORKER_MEMORY_BYTES": "5"})
+    assert explicit.memory_bytes == 5
+    instant = WorkerSettings.from_env({"WORKER_ENGINE": "simulated", "WORKER_SIM_LOAD_TIME": "0"})
+    assert instant.sim_load_time == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORKER_ENGINE": "vllm"}, "WORKER_ENGINE must be one of llama.cpp, simulated"),
+        ({"WORKER_SIM_TOKENS_PER_SECOND": "0"}, "WORKER_SIM_TOKENS_PER_SECOND must be positive"),
+        ({"WORKER_SIM_PROMPT_TOKENS_PER_SECOND": "x"}, "must be a number"),
+        ({"WORKER_SIM_LOAD_TIME": "-1s"}, "WORKER_SIM_LOAD_TIME must be >= 0"),
+        ({"WORKER_SIM_MAX_TOKENS": "0"}, "WORKER_SIM_MAX_TOKENS must be positive"),
+        ({"WORKER_SIM_PARALLEL": "-2"}, "WORKER_SIM_PARALLEL must be positive"),
+        ({"LLAMA_ARGS": "--ctx-size 4096"}, "may not set --ctx-size"),
+        ({"LLAMA_ARGS": "-np 2"}, "may not set -np"),
+        ({"LLAMA_ARGS": "--parallel=2"}, "may not set --parallel"),
+    ],
+)
+def test_refuses_engine_settings(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingError, match=message):
+        WorkerSettings.from_env(env)

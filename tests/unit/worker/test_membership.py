@@ -50,7 +50,10 @@ class CountingStub:
 
 @asynccontextmanager
 async def membership_running(
-    address: str, runners: Callable[[], list[RunnerSnapshot]], interval: float = 60.0
+    address: str,
+    runners: Callable[[], list[RunnerSnapshot]],
+    interval: float = 60.0,
+    cache_bytes: Callable[[], int] = lambda: 4_000,
 ) -> AsyncIterator[tuple[Membership, CountingStub]]:
     async with open_control_channel(address, max_reconnect_backoff=0.2) as channel:
         stub = CountingStub(scheduler_pb2_grpc.SchedulerStub(channel))
@@ -59,6 +62,7 @@ async def membership_running(
             runners=runners,
             memory_total=lambda: 8_000,
             memory_free=lambda: 6_000,
+            cache_bytes=cache_bytes,
             timings=MembershipTimings(
                 heartbeat_interval=interval,
                 rpc_timeout=1.0,
@@ -96,6 +100,26 @@ async def test_registers_then_heartbeats_at_the_schedulers_interval() -> None:
         )
         assert fake.heartbeats[0].worker_id == "w-1"
         assert fake.heartbeats[0].memory_free_bytes == 6_000
+        assert register.worker.cache_bytes == 4_000
+        assert fake.heartbeats[0].cache_bytes == 4_000
+    finally:
+        await server.stop(None)
+
+
+async def test_every_heartbeat_reports_the_current_cache_size() -> None:
+    fake = FakeScheduler(heartbeat_interval_ms=20)
+    server, address = await serve_scheduler(fake)
+    cache = [1_000]
+    try:
+        async with membership_running(address, list, cache_bytes=lambda: cache[0]) as (m, _):
+            await m.wait_registered()
+            await eventually(lambda: len(fake.heartbeats) >= 1, what="a heartbeat")
+            cache[0] = 9_000
+            await eventually(
+                lambda: fake.heartbeats[-1].cache_bytes == 9_000, what="the new cache size"
+            )
+        assert fake.registers[0].worker.cache_bytes == 1_000
+        assert fake.heartbeats[0].cache_bytes == 1_000
     finally:
         await server.stop(None)
 
@@ -161,6 +185,7 @@ async def test_farewell_sends_a_last_heartbeat() -> None:
                 runners=list,
                 memory_total=lambda: 1,
                 memory_free=lambda: 1,
+                cache_bytes=lambda: 1,
                 timings=MembershipTimings(heartbeat_interval=60, rpc_timeout=1, max_backoff=1),
             )
             await membership.farewell()  # never registered: nothing to say

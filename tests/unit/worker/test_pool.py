@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.worker.artifact import CHAT_TEMPLATE_MEDIA_TYPE, LICENSE_MEDIA_TYPE, ModelSpec
+from services.worker.engine import LoadOptions
 from services.worker.errors import (
     CapacityError,
     InvalidModelError,
@@ -21,7 +22,7 @@ from services.worker.errors import (
 from services.worker.pool import RunnerPool
 from services.worker.runner import RunnerSnapshot, RunnerState
 from tests.support.processes import is_alive
-from tests.unit.worker.support import FakeBlobs, eventually, make_pool_settings
+from tests.unit.worker.support import FakeBlobs, eventually, make_pool
 
 GOOD = b"GGUF fake model\n"
 OTHER = b"GGUF another fake model\n"
@@ -45,7 +46,7 @@ async def test_load_starts_one_ready_runner(
     pool: RunnerPool, blobs: FakeBlobs, runtime_dir: Path
 ) -> None:
     spec = blobs.model(GOOD)
-    snapshot = await pool.load(spec, "ai/fake:latest", context_size=2048)
+    snapshot = await pool.load(spec, "ai/fake:latest", LoadOptions(context_size=2048))
     assert snapshot.state is RunnerState.READY
     assert snapshot.generation == 1
     assert snapshot.reference == "ai/fake:latest"
@@ -56,7 +57,7 @@ async def test_load_starts_one_ready_runner(
     assert argv[argv.index("--ctx-size") + 1] == "2048"
     assert len(_sockets(runtime_dir)) == 1
 
-    again = await pool.load(spec, "ai/fake:latest")
+    again = await pool.load(spec, "ai/fake:latest", LoadOptions(context_size=2048))
     assert (again.generation, again.pid) == (1, snapshot.pid)
     assert blobs.calls == 1
 
@@ -105,7 +106,7 @@ async def test_crash_at_start_is_a_typed_error_and_leaves_nothing_behind(
 async def test_ready_timeout_stops_the_process(
     fake_binary: Path, runtime_dir: Path, blobs: FakeBlobs
 ) -> None:
-    pool = RunnerPool(make_pool_settings(fake_binary, runtime_dir, ready_timeout=0.3), blobs)
+    pool = make_pool(fake_binary, runtime_dir, blobs, ready_timeout=0.3)
     try:
         with pytest.raises(RunnerTimeoutError, match=r"not ready within 0\.3s"):
             await pool.load(blobs.model(NEVER_READY), "ai/slow")
@@ -120,10 +121,8 @@ async def test_crash_after_ready_fails_the_runner_and_a_new_load_starts_fresh(
     fake_binary: Path, runtime_dir: Path, blobs: FakeBlobs
 ) -> None:
     changes: list[int] = []
-    pool = RunnerPool(
-        make_pool_settings(fake_binary, runtime_dir),
-        blobs,
-        on_change=lambda: changes.append(len(changes)),
+    pool = make_pool(
+        fake_binary, runtime_dir, blobs, on_change=lambda: changes.append(len(changes))
     )
     try:
         spec = blobs.model(GOOD)
@@ -208,7 +207,7 @@ async def test_unload_drains_in_flight_requests_then_stops(
 async def test_unload_stops_after_the_drain_timeout(
     fake_binary: Path, runtime_dir: Path, blobs: FakeBlobs
 ) -> None:
-    pool = RunnerPool(make_pool_settings(fake_binary, runtime_dir, drain_timeout=0.2), blobs)
+    pool = make_pool(fake_binary, runtime_dir, blobs, drain_timeout=0.2)
     spec = blobs.model(GOOD)
     pid = (await pool.load(spec, "ai/fake")).pid
     assert pid is not None
@@ -248,7 +247,7 @@ async def test_unload_while_loading_cancels_the_start(pool: RunnerPool, blobs: F
 async def test_max_runners_is_enforced(
     fake_binary: Path, runtime_dir: Path, blobs: FakeBlobs
 ) -> None:
-    pool = RunnerPool(make_pool_settings(fake_binary, runtime_dir, max_runners=1), blobs)
+    pool = make_pool(fake_binary, runtime_dir, blobs, max_runners=1)
     try:
         first = blobs.model(GOOD)
         await pool.load(first, "ai/one")
@@ -263,11 +262,8 @@ async def test_max_runners_is_enforced(
 async def test_a_runner_ignoring_sigterm_is_killed(
     fake_binary: Path, runtime_dir: Path, blobs: FakeBlobs
 ) -> None:
-    pool = RunnerPool(
-        make_pool_settings(
-            fake_binary, runtime_dir, llama_args=("--fake-ignore-sigterm",), stop_timeout=0.3
-        ),
-        blobs,
+    pool = make_pool(
+        fake_binary, runtime_dir, blobs, llama_args=("--fake-ignore-sigterm",), stop_timeout=0.3
     )
     spec = blobs.model(GOOD)
     pid = (await pool.load(spec, "ai/fake")).pid
@@ -280,7 +276,7 @@ async def test_a_runner_ignoring_sigterm_is_killed(
 async def test_close_stops_every_runner_and_pending_load(
     fake_binary: Path, runtime_dir: Path, blobs: FakeBlobs
 ) -> None:
-    pool = RunnerPool(make_pool_settings(fake_binary, runtime_dir), blobs)
+    pool = make_pool(fake_binary, runtime_dir, blobs)
     pids = [(await pool.load(blobs.model(content), "ai/x")).pid for content in (GOOD, OTHER)]
     loading = asyncio.create_task(pool.load(blobs.model(NEVER_READY), "ai/slow"))
     await eventually(lambda: len(pool.snapshot()) == 3, what="three runners")

@@ -21,7 +21,7 @@ from services.worker.pool import RunnerPool
 from services.worker.server import SERVICE_NAME, WorkerServicer
 from tests.unit.worker.fake_registry import FakeRegistry, running_registry
 from tests.unit.worker.fake_scheduler import FakeScheduler, serve_scheduler
-from tests.unit.worker.support import FakeBlobs, eventually, make_pool_settings
+from tests.unit.worker.support import FakeBlobs, eventually, make_pool
 
 GOOD = b"GGUF fake model\n"
 CHAT = common_pb2.ENDPOINT_KIND_CHAT_COMPLETIONS
@@ -35,6 +35,16 @@ def model_proto(spec: ModelSpec) -> common_pb2.Model:
             for layer in spec.layers
         ],
     )
+
+
+_GOOD_MODEL = common_pb2.Model(
+    id="sha256:" + "c" * 64,
+    layers=[
+        common_pb2.Descriptor(
+            media_type="application/vnd.docker.ai.gguf.v3", digest="sha256:" + "d" * 64, size=1
+        )
+    ],
+)
 
 
 def chat_body(text: str, *, stream: bool = True, **fake: int) -> bytes:
@@ -98,7 +108,7 @@ async def start_worker(
 
 @pytest.fixture
 async def worker(fake_binary: Path, runtime_dir: Path, blobs: FakeBlobs) -> AsyncIterator[Worker]:
-    pool = RunnerPool(make_pool_settings(fake_binary, runtime_dir, stream_idle_timeout=0.5), blobs)
+    pool = make_pool(fake_binary, runtime_dir, blobs, stream_idle_timeout=0.5)
     server, scheduler_server, scheduler_channel, channel, running = await start_worker(pool, blobs)
     try:
         yield running
@@ -293,13 +303,42 @@ async def test_load_failure_carries_llama_servers_reason(worker: Worker) -> None
                 ],
             )
         ),
+        worker_pb2.LoadRequest(model=_GOOD_MODEL, parallel=-1),
+        worker_pb2.LoadRequest(model=_GOOD_MODEL, memory_estimate_bytes=-1),
+        worker_pb2.LoadRequest(model=_GOOD_MODEL, llama_args=["--temp", "1", "-c", "64"]),
     ],
-    ids=["no-model", "no-gguf-layer", "bad-model-id"],
+    ids=[
+        "no-model",
+        "no-gguf-layer",
+        "bad-model-id",
+        "negative-parallel",
+        "negative-estimate",
+        "reserved-llama-arg",
+    ],
 )
 async def test_invalid_load_requests(worker: Worker, request_: worker_pb2.LoadRequest) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await worker.stub.Load(request_, timeout=5)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not (await worker.stub.ListRunners(worker_pb2.ListRunnersRequest())).runners
+
+
+async def test_load_options_are_reported(worker: Worker) -> None:
+    spec = worker.blobs.model(GOOD)
+    loaded = await worker.stub.Load(
+        worker_pb2.LoadRequest(
+            model=model_proto(spec),
+            reference="ai/fake",
+            context_size=512,
+            parallel=2,
+            memory_estimate_bytes=123_456,
+        ),
+        timeout=10,
+    )
+    runner = loaded.runner
+    assert (runner.context_size, runner.parallel, runner.memory_bytes) == (512, 2, 123_456)
+    [listed] = (await worker.stub.ListRunners(worker_pb2.ListRunnersRequest())).runners
+    assert (listed.context_size, listed.parallel, listed.memory_bytes) == (512, 2, 123_456)
 
 
 async def test_unload_and_list(worker: Worker) -> None:
@@ -332,7 +371,7 @@ async def test_blob_fetch_failure_is_unavailable(
     spec = blobs.model(GOOD)  # known to the test, not to the registry
     async with running_registry(FakeRegistry()) as registry:
         cache = BlobCache(tmp_path / "cache", registry, FetchLimits(5.0, 10.0))
-        pool = RunnerPool(make_pool_settings(fake_binary, runtime_dir), cache)
+        pool = make_pool(fake_binary, runtime_dir, cache)
         server, scheduler_server, scheduler_channel, channel, worker = await start_worker(
             pool, blobs
         )
@@ -353,9 +392,7 @@ async def test_blob_fetch_failure_is_unavailable(
 async def test_a_runner_exiting_between_requests_is_reported_failed(
     fake_binary: Path, runtime_dir: Path, blobs: FakeBlobs
 ) -> None:
-    pool = RunnerPool(
-        make_pool_settings(fake_binary, runtime_dir, llama_args=("--fake-exit-after", "1")), blobs
-    )
+    pool = make_pool(fake_binary, runtime_dir, blobs, llama_args=("--fake-exit-after", "1"))
     server, scheduler_server, scheduler_channel, channel, worker = await start_worker(pool, blobs)
     try:
         spec = await worker.load()
@@ -381,11 +418,8 @@ async def test_a_runner_exiting_between_requests_is_reported_failed(
 async def test_connections_closed_unread_are_resent_a_bounded_number_of_times(
     fake_binary: Path, runtime_dir: Path, blobs: FakeBlobs, dropped: int, served: bool
 ) -> None:
-    pool = RunnerPool(
-        make_pool_settings(
-            fake_binary, runtime_dir, llama_args=("--fake-drop-requests", str(dropped))
-        ),
-        blobs,
+    pool = make_pool(
+        fake_binary, runtime_dir, blobs, llama_args=("--fake-drop-requests", str(dropped))
     )
     server, scheduler_server, scheduler_channel, channel, worker = await start_worker(pool, blobs)
     try:

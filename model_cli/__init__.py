@@ -1,0 +1,1 @@
+"""model-cli: DMR's command line, talking to the gateway over HTTP."""

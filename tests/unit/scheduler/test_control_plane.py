@@ -1,0 +1,219 @@
+"""Issue 4's control-plane behaviour through the real gRPC service, with fake workers and a fake
+registry: slots and the queue, priorities, memory refusals, per-model configuration, replicas
+and affinity."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from modelrunner.v1 import common_pb2, scheduler_pb2
+from tests.unit.scheduler.fakes import SMOLLM2, FakeClock, Scheduler, cluster, poll
+
+MODEL_ID = SMOLLM2.id
+REASON = "x-modelrunner-reason"
+# The background autoscaler would act on the fake clock too; the tests call it themselves.
+QUIET = {"SCHEDULER_AUTOSCALE_INTERVAL": "1h"}
+
+
+async def assign(
+    scheduler: Scheduler,
+    *,
+    priority: int = 0,
+    prefix_hashes: tuple[int, ...] = (),
+    tags: dict[str, str] | None = None,
+) -> scheduler_pb2.AssignResponse:
+    return await scheduler.stub.Assign(
+        scheduler_pb2.AssignRequest(
+            model="smollm2",
+            priority=priority,
+            prefix_hashes=prefix_hashes,
+            required_tags=tags or {},
+        ),
+        timeout=10,
+    )
+
+
+async def release(scheduler: Scheduler, lease_id: str) -> None:
+    await scheduler.stub.Release(scheduler_pb2.ReleaseRequest(lease_id=lease_id), timeout=5)
+
+
+async def configure(scheduler: Scheduler, **config: object) -> scheduler_pb2.ModelConfigEntry:
+    return await scheduler.stub.ConfigureModel(
+        scheduler_pb2.ConfigureModelRequest(
+            model="smollm2",
+            config=common_pb2.ModelRuntimeConfig(**config),  # type: ignore[arg-type]
+        ),
+        timeout=10,
+    )
+
+
+def reason(error: grpc.aio.AioRpcError) -> str | None:
+    return dict(error.trailing_metadata() or ()).get(REASON)  # type: ignore[arg-type]
+
+
+async def test_requests_beyond_the_slots_wait_and_higher_priority_goes_first() -> None:
+    env = {**QUIET, "SCHEDULER_DEFAULT_PARALLEL": "1"}
+    async with cluster(("w1",), env=env) as c, c.scheduler() as s:
+        await c.workers["w1"].register(s.stub)
+        holder = await assign(s)
+        low = asyncio.create_task(assign(s, priority=0))
+        await poll(lambda: s.app.control.queue.waiting(MODEL_ID) == 1, what="low waits")
+        high = asyncio.create_task(assign(s, priority=5))
+        await poll(lambda: s.app.control.queue.waiting(MODEL_ID) == 2, what="high waits")
+        [placement] = (
+            await s.stub.ListPlacements(scheduler_pb2.ListPlacementsRequest(), timeout=5)
+        ).placements
+        assert (placement.in_flight, placement.queued) == (1, 2)
+        await release(s, holder.lease_id)
+        served = await high
+        assert not low.done()
+        await release(s, served.lease_id)
+        await release(s, (await low).lease_id)
+        assert s.app.control.queue.waiting(MODEL_ID) == 0
+
+
+async def test_a_wait_past_the_queue_timeout_is_queue_full() -> None:
+    env = {**QUIET, "SCHEDULER_DEFAULT_PARALLEL": "1", "SCHEDULER_QUEUE_TIMEOUT": "0.2"}
+    async with cluster(("w1",), env=env) as c, c.scheduler() as s:
+        await c.workers["w1"].register(s.stub)
+        await assign(s)
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            await assign(s)
+        assert excinfo.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert reason(excinfo.value) == "queue-full"
+        assert "free slot" in (excinfo.value.details() or "")
+        assert s.app.control.queue.waiting(MODEL_ID) == 0
+
+
+async def test_a_model_that_fits_nowhere_is_refused_before_any_load() -> None:
+    async with cluster(env=QUIET) as c, c.scheduler() as s:
+        for worker in c.workers.values():
+            await worker.register(s.stub)
+        await configure(s, context_size=1 << 20, parallel=64)
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            await assign(s)
+        assert excinfo.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert reason(excinfo.value) == "insufficient-memory"
+        assert "needs" in (excinfo.value.details() or "")
+        assert all(w.load_calls == [] for w in c.workers.values())
+
+
+async def test_no_worker_with_the_requested_tags_is_unavailable() -> None:
+    async with cluster(env=QUIET) as c, c.scheduler() as s:
+        await c.workers["w1"].register(s.stub)
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            await assign(s, tags={"accelerator": "nvidia"})
+        assert excinfo.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "accelerator=nvidia" in (excinfo.value.details() or "")
+        # The same model on a matching worker is fine.
+        assert (await assign(s, tags={"accelerator": "cpu"})).worker_id == "w1"
+
+
+async def test_configuration_is_refused_while_busy_then_applied_to_the_next_load() -> None:
+    async with cluster(("w1",), env=QUIET) as c, c.scheduler() as s:
+        w1 = c.workers["w1"]
+        await w1.register(s.stub)
+        lease = await assign(s)
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            await configure(s, context_size=2048)
+        assert excinfo.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        await release(s, lease.lease_id)
+        entry = await configure(
+            s, context_size=2048, parallel=3, llama_args=["--top-k", "5"], keep_alive_seconds=-1
+        )
+        assert entry.model_id == MODEL_ID and entry.reference == "ai/smollm2:latest"
+        assert w1.unload_calls == [MODEL_ID], "the idle runner with the old options goes"
+        await poll(lambda: not s.app.control.snapshot().runners(), what="runner forgotten")
+        await assign(s)
+        request = w1.load_requests[-1]
+        assert (request.context_size, request.parallel) == (2048, 3)
+        assert list(request.llama_args) == ["--cache-ram", "256", "--top-k", "5"]
+        assert request.memory_estimate_bytes > 0
+        assert s.app.control.keep_alive_for(MODEL_ID) is None
+
+
+async def test_flags_outside_the_allowlist_are_invalid() -> None:
+    async with cluster(("w1",), env=QUIET) as c, c.scheduler() as s:
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            await configure(s, llama_args=["--model", "x.gguf"])
+        assert excinfo.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "--model" in (excinfo.value.details() or "")
+
+
+async def test_configurations_survive_a_scheduler_restart(tmp_path: Path) -> None:
+    env = {**QUIET, "SCHEDULER_STATE_PATH": str(tmp_path / "configs.json")}
+    async with cluster(("w1",), env=env) as c:
+        async with c.scheduler() as s:
+            await configure(s, context_size=512, min_replicas=0, max_replicas=3)
+        async with c.scheduler() as s:
+            reply = await s.stub.ListModelConfigs(
+                scheduler_pb2.ListModelConfigsRequest(), timeout=5
+            )
+            [entry] = reply.entries
+            assert entry.model_id == MODEL_ID
+            assert (entry.config.context_size, entry.config.max_replicas) == (512, 3)
+
+
+async def test_sustained_queue_adds_a_replica_on_another_worker() -> None:
+    env = {
+        **QUIET,
+        "SCHEDULER_DEFAULT_PARALLEL": "1",
+        "SCHEDULER_MAX_REPLICAS": "2",
+        "SCHEDULER_SCALE_UP_QUEUE": "1",
+        "SCHEDULER_SCALE_UP_AFTER": "1s",
+    }
+    async with cluster(env=env) as c, c.scheduler() as s:
+        for worker in c.workers.values():
+            await worker.register(s.stub)
+        first = await assign(s)
+        waiting = [asyncio.create_task(assign(s)) for _ in range(3)]
+        await poll(lambda: s.app.control.queue.waiting(MODEL_ID) == 3, what="3 waiters")
+        clock = s.app.clock
+        assert isinstance(clock, FakeClock)
+        await s.app.control.autoscale_once(clock.monotonic())
+        assert c.workers["w2"].load_calls == [], "pressure must last before a replica is added"
+        clock.advance(1.0)
+        await s.app.control.autoscale_once(clock.monotonic())
+        served = await asyncio.wait_for(asyncio.shield(waiting[0]), 5)
+        assert c.workers["w2"].load_calls == [MODEL_ID]
+        assert {first.worker_id, served.worker_id} == {"w1", "w2"}
+        for lease in [first, served]:
+            await release(s, lease.lease_id)
+        for task in waiting[1:]:
+            await release(s, (await task).lease_id)
+
+
+async def test_a_conversation_returns_to_the_replica_holding_its_prefix() -> None:
+    env = {**QUIET, "SCHEDULER_MAX_REPLICAS": "2"}
+    async with cluster(env=env) as c:
+        for worker in c.workers.values():
+            worker.preload(SMOLLM2)
+        async with c.scheduler() as s:
+            for worker in c.workers.values():
+                await worker.register(s.stub)
+            turn1 = await assign(s, prefix_hashes=(11, 12))
+            other = await assign(s, prefix_hashes=(91,))
+            assert other.worker_id != turn1.worker_id, "a new conversation spreads the load"
+            await release(s, other.lease_id)
+            await release(s, turn1.lease_id)
+            for _ in range(3):
+                turn = await assign(s, prefix_hashes=(11, 12, 13, 14))
+                assert turn.worker_id == turn1.worker_id
+                await release(s, turn.lease_id)
+
+
+async def test_list_workers_reports_memory_reserved_and_cache() -> None:
+    async with cluster(("w1",), env=QUIET) as c, c.scheduler() as s:
+        await c.workers["w1"].register(s.stub)
+        await release(s, (await assign(s)).lease_id)
+        [status] = (await s.stub.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=5)).workers
+        assert status.alive and status.worker.worker_id == "w1"
+        assert status.runners == 1
+        assert (
+            status.memory_reserved_bytes == c.workers["w1"].load_requests[0].memory_estimate_bytes
+        )
+        assert dict(status.worker.tags) == {"accelerator": "cpu"}
