@@ -13,6 +13,8 @@ LLAMA_CPP_BUILD_JOBS ?= $(shell nproc)
 # Tests and examples are not needed to serve; skipping them shortens the first build.
 LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 STAMP := $(VENV)/.installed
+# Docker finds CLI plugins here: `docker model ...` runs model-cli.
+DOCKER_CLI_PLUGINS ?= $(HOME)/.docker/cli-plugins
 
 export LLAMA_CPP_BUILD_JOBS
 
@@ -32,7 +34,9 @@ $(STAMP): pyproject.toml | $(PY)
 	CMAKE_ARGS="$${CMAKE_ARGS:-$(LLAMA_CMAKE_ARGS)}" $(PY) -m pip install --quiet -e '.[dev,llama]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create the virtualenv and install the project (builds llama-server once)
+install: $(STAMP) ## Create the virtualenv, install the project (builds llama-server once), link `docker model`
+	@mkdir -p $(DOCKER_CLI_PLUGINS)
+	@ln -sfn $(abspath $(VENV)/bin/model-cli) $(DOCKER_CLI_PLUGINS)/docker-model
 
 build: install protos ## Install, build llama-server and regenerate gRPC code
 

@@ -1,7 +1,7 @@
 """The scheduler's operations, in domain terms: what each RPC does, without any proto.
 
-`ControlPlane` composes the owners of state (membership, leases, loader, queue, configurations)
-and the pure policies (placement, routing, autoscaling). Every state change happens between
+`ControlPlane` composes the owners of state (membership, leases, loader, queue, configurations),
+the replica manager (where and how many replicas run: replicas.py) and the routing policy. Every state change happens between
 awaits: an Assign that finds a free slot takes its lease in one step of the event loop, and a
 released slot is handed to the next waiter in the same step as the release. No lock is needed.
 
@@ -18,14 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from services.common.clock import Clock
-from services.scheduler.autoscale import ModelLoad, ScalePolicy
+from services.scheduler.assignment import Assignment
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.errors import (
-    InsufficientMemory,
     InvalidRequest,
     LoadTimeout,
     ModelBusy,
-    NoWorkerAvailable,
     QueueFull,
     SchedulerError,
 )
@@ -33,18 +31,16 @@ from services.scheduler.keepalive import Reaper
 from services.scheduler.leases import LeaseTable
 from services.scheduler.loader import Loader, LoadOutcome
 from services.scheduler.membership import Membership
-from services.scheduler.memory import MemoryEstimate, estimate_memory, model_context_limit
 from services.scheduler.model_configs import (
     ConfigEntry,
     ConfigStore,
     ModelRuntimeConfig,
     effective_keep_alive,
 )
-from services.scheduler.placement import PlacementRefusal, plan_placement
 from services.scheduler.queue import RequestQueue, Waiter
+from services.scheduler.replicas import ReplicaManager
 from services.scheduler.resolver import ModelResolver, ResolvedModel, normalize_reference
 from services.scheduler.routing import RouteRequest, RoutingPolicy, make_policy
-from services.scheduler.runtime_flags import cache_ram_bytes
 from services.scheduler.snapshot import (
     ClusterSnapshot,
     RunnerReport,
@@ -53,20 +49,11 @@ from services.scheduler.snapshot import (
     WorkerSpec,
     WorkerView,
 )
-from services.scheduler.workers import LoadOptions, WorkerClient
+from services.scheduler.workers import WorkerClient
 
 __all__ = ["Assignment", "ControlPlane", "PlacementStatus", "WorkerStatus"]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Assignment:
-    lease_id: str
-    worker_id: str
-    worker_address: str
-    model_id: str
-    reference: str
 
 
 @dataclass(frozen=True)
@@ -85,11 +72,6 @@ class WorkerStatus:
     # Unix seconds.
     last_seen: float
     memory_reserved_bytes: int
-
-
-def _live(runner: RunnerView) -> bool:
-    """Serving, or about to: counts as a replica."""
-    return runner.routable or runner.pending or runner.state is RunnerState.STARTING
 
 
 class ControlPlane:
@@ -130,22 +112,25 @@ class ControlPlane:
             rpc_timeout=settings.rpc_timeout,
             on_finished=self._load_finished,
         )
+        self.replicas = ReplicaManager(
+            settings,
+            membership=self.membership,
+            leases=self.leases,
+            loader=self.loader,
+            queue=self.queue,
+            configs=self.configs,
+            resolver=resolver,
+            clock=clock,
+            snapshot=self.snapshot,
+        )
         self.reaper = Reaper(
             membership=self.membership,
             leases=self.leases,
             clock=clock,
             keep_alive_for=self.keep_alive_for,
-            protected=self._protected_from_idle_unload,
+            protected=self.replicas.protected_from_idle_unload,
             unload=self.loader.unload,
         )
-        self.scaling = ScalePolicy(
-            queue_threshold=settings.scale_up_queue,
-            up_after=settings.scale_up_after,
-            down_after=settings.scale_down_after,
-        )
-        # The last resolution of every model with waiters or replicas, so background scaling can
-        # load it without asking the registry again. Pruned by `autoscale_once`.
-        self._models: dict[str, ResolvedModel] = {}
 
     def snapshot(self) -> ClusterSnapshot:
         return self.membership.snapshot(self._clock.monotonic(), self.leases.in_flight())
@@ -216,8 +201,8 @@ class ControlPlane:
             model, timeout=rpc_timeout if timeout is None else min(rpc_timeout, timeout)
         )
         model_id = resolved.model_id
-        self._models[model_id] = resolved
-        tags = self._required_tags(model_id, required_tags)
+        self.replicas.models[model_id] = resolved
+        tags = self.replicas.required_tags(model_id, required_tags)
         request = RouteRequest(
             model_id=model_id, affinity_key=affinity_key, prefix_hashes=tuple(prefix_hashes)
         )
@@ -225,7 +210,7 @@ class ControlPlane:
             assignment = self._route(resolved, request, tags)
             if assignment is not None:
                 return assignment
-        self._ensure_replica(resolved, tags)
+        self.replicas.ensure_replica(resolved, tags)
         waiter = self.queue.enqueue(model_id, request, priority, tags)
         self._dispatch(model_id)
         wait = self._settings.queue_timeout
@@ -279,7 +264,7 @@ class ControlPlane:
         so the next load (or the autoscaler, for min_replicas) uses the new one."""
         config.validate()
         resolved = await self._resolver.resolve(model, timeout=self._settings.rpc_timeout)
-        runners = self._replicas(resolved.model_id)
+        runners = self.replicas.replicas(resolved.model_id)
         busy = [r for r in runners if r.busy or r.pending or r.state is RunnerState.STARTING]
         if busy or self.queue.waiting(resolved.model_id):
             raise ModelBusy(
@@ -288,7 +273,7 @@ class ControlPlane:
             )
         entry = ConfigEntry(model_id=resolved.model_id, reference=resolved.reference, config=config)
         await self.configs.put(entry)
-        self._models[resolved.model_id] = resolved
+        self.replicas.models[resolved.model_id] = resolved
         _log.info("configured %s: %s", resolved.reference, config)
         if runners:
             await self.loader.unload(runners)
@@ -383,31 +368,7 @@ class ControlPlane:
             self.reaper.poke()
 
     async def autoscale_once(self, now: float) -> None:
-        """Re-place models whose waiters lost every replica, add replicas under pressure or
-        below the configured minimum, and remove extra idle ones."""
-        for model_id in self.queue.models():
-            resolved = self._models.get(model_id)
-            if resolved is None:
-                continue
-            if not any(_live(r) for r in self._replicas(model_id)):
-                try:
-                    self._ensure_replica(resolved, self._required_tags(model_id, None))
-                except SchedulerError as exc:
-                    failed = self.queue.fail_all(model_id, exc)
-                    _log.warning("%d request(s) for %s failed: %s", failed, model_id, exc)
-        await self._start_missing_minimums()
-        loads = [self._model_load(model_id) for model_id in self._tracked_models()]
-        decision = self.scaling.decide(loads, now)
-        for model_id in decision.scale_up:
-            self._scale_up(model_id)
-        if decision.scale_down:
-            for runner in decision.scale_down:
-                _log.info(
-                    "scaling %s down: replica on worker %s idle", runner.model_id, runner.worker_id
-                )
-            await self.loader.unload(decision.scale_down)
-        for model_id in [m for m in self._models if m not in set(self._tracked_models())]:
-            del self._models[model_id]
+        await self.replicas.autoscale_once(now)
 
     async def aclose(self) -> None:
         self.reaper.stop()
@@ -417,32 +378,13 @@ class ControlPlane:
 
     # Internals: routing and queueing ---------------------------------------------------------
 
-    def _slots(self, runner: RunnerView) -> int:
-        if runner.report.parallel > 0:
-            return runner.report.parallel
-        entry = self.configs.get(runner.model_id)
-        if entry is not None and entry.config.parallel > 0:
-            return entry.config.parallel
-        return self._settings.default_parallel
-
-    def _replicas(
-        self, model_id: str, required_tags: Mapping[str, str] | None = None
-    ) -> list[RunnerView]:
-        replicas = self.membership.replicas(
-            model_id, self._clock.monotonic(), self.leases.in_flight_view()
-        )
-        if required_tags:
-            matching = self.membership.workers_with_tags(required_tags)
-            replicas = [r for r in replicas if r.worker_id in matching]
-        return replicas
-
     def _route(
         self, model: ResolvedModel, request: RouteRequest, tags: Mapping[str, str]
     ) -> Assignment | None:
         free = [
             r
-            for r in self._replicas(model.model_id, tags)
-            if r.routable and r.in_flight < self._slots(r)
+            for r in self.replicas.replicas(model.model_id, tags)
+            if r.routable and r.in_flight < self.replicas.slots(r)
         ]
         chosen = self.policy.choose(free, request)
         if chosen is None:
@@ -461,7 +403,7 @@ class ControlPlane:
 
     def _dispatch(self, model_id: str) -> None:
         """Serve the model's waiters, in priority order, while a replica has a free slot."""
-        model = self._models.get(model_id)
+        model = self.replicas.models.get(model_id)
         if model is None:
             return
         while (waiter := self.queue.peek(model_id)) is not None:
@@ -484,159 +426,16 @@ class ControlPlane:
         if future.done() and not future.cancelled() and future.exception() is None:
             self.release(future.result().lease_id)
 
-    def _required_tags(
-        self, model_id: str, requested: Mapping[str, str] | None
-    ) -> Mapping[str, str]:
-        entry = self.configs.get(model_id)
-        configured = entry.config.required_tags if entry else {}
-        if not requested:
-            return configured
-        return {**configured, **requested}
-
-    # Internals: loads ------------------------------------------------------------------------
-
-    def _load_options(self, model: ResolvedModel) -> tuple[LoadOptions, MemoryEstimate]:
-        entry = self.configs.get(model.model_id)
-        config = entry.config if entry else ModelRuntimeConfig()
-        parallel = config.parallel or self._settings.default_parallel
-        context = config.context_size or model.model.config.context_size
-        if context <= 0:
-            trained = model_context_limit(model.model)
-            default = self._settings.default_context_size
-            context = min(trained, default) if trained > 0 else default
-        args = config.llama_args
-        prompt_cache = cache_ram_bytes(args)
-        if prompt_cache is None:
-            mib = self._settings.default_prompt_cache_mib
-            args = ("--cache-ram", str(mib), *args)
-            prompt_cache = mib << 20
-        estimate = estimate_memory(
-            model.model, context_size=context, parallel=parallel, prompt_cache_bytes=prompt_cache
-        )
-        options = LoadOptions(
-            context_size=context,
-            parallel=parallel,
-            llama_args=args,
-            memory_bytes=estimate.total_bytes,
-        )
-        return options, estimate
-
-    def _ensure_replica(self, model: ResolvedModel, tags: Mapping[str, str]) -> None:
-        """Start a load if nothing serves the model or is about to. Raises NoWorkerAvailable or
-        InsufficientMemory when no worker can take it."""
-        if self.loader.busy(model.model_id):
-            return
-        if any(_live(r) for r in self._replicas(model.model_id, tags)):
-            return
-        self._start_load(model, tags, exclude=frozenset())
-
-    def _start_load(
-        self, model: ResolvedModel, tags: Mapping[str, str], *, exclude: frozenset[str]
-    ) -> None:
-        options, estimate = self._load_options(model)
-        plan = plan_placement(
-            self.snapshot(),
-            model.model_id,
-            model.reference,
-            estimate,
-            required_tags=tags,
-            evictable=self._evictable,
-            exclude_workers=exclude,
-        )
-        if isinstance(plan, PlacementRefusal):
-            if plan.insufficient_memory:
-                raise InsufficientMemory(plan.reason)
-            raise NoWorkerAvailable(plan.reason)
-        self.loader.start(model, plan.worker.spec, options, plan.evict)
-
-    def _evictable(self, runner: RunnerView) -> bool:
-        """An idle runner that may make room: not serving, not loading, nobody waiting for its
-        model, and not one of the replicas its configured minimum keeps."""
-        if runner.busy or runner.pending or runner.state is RunnerState.STARTING:
-            return False
-        if self.loader.busy(runner.model_id) or self.queue.waiting(runner.model_id):
-            return False
-        return runner.state is not RunnerState.READY or not self._at_minimum(runner.model_id)
-
-    def _protected_from_idle_unload(self, runner: RunnerView) -> bool:
-        """The reaper keeps a model's configured minimum and any model with waiters."""
-        if self.queue.waiting(runner.model_id) or self.loader.busy(runner.model_id):
-            return True
-        return self._at_minimum(runner.model_id)
-
-    def _at_minimum(self, model_id: str) -> bool:
-        """Unloading one more ready replica would go below the model's configured minimum."""
-        entry = self.configs.get(model_id)
-        minimum = entry.config.min_replicas if entry else 0
-        if minimum == 0:
-            return False
-        return sum(1 for r in self._replicas(model_id) if r.routable) <= minimum
-
     def _load_finished(self, outcome: LoadOutcome) -> None:
         model_id = outcome.model.model_id
         if outcome.error is None:
             self._dispatch(model_id)
             return
-        if self.loader.busy(model_id) or any(r.routable for r in self._replicas(model_id)):
+        if self.loader.busy(model_id) or any(r.routable for r in self.replicas.replicas(model_id)):
             return
         failed = self.queue.fail_all(model_id, outcome.error)
         if failed:
             _log.warning("%d request(s) for %s failed with the load", failed, model_id)
-
-    # Internals: scaling ----------------------------------------------------------------------
-
-    def _tracked_models(self) -> list[str]:
-        tracked = set(self.queue.models())
-        tracked.update(r.model_id for r in self.snapshot().runners())
-        tracked.update(entry.model_id for entry in self.configs.entries())
-        return sorted(tracked)
-
-    def _max_replicas(self, model_id: str) -> int:
-        entry = self.configs.get(model_id)
-        if entry is not None and entry.config.max_replicas > 0:
-            return entry.config.max_replicas
-        return self._settings.default_max_replicas
-
-    def _model_load(self, model_id: str) -> ModelLoad:
-        replicas = self._replicas(model_id)
-        ready = [r for r in replicas if r.routable]
-        idle = sorted((r for r in ready if not r.busy), key=lambda r: r.idle_since)
-        entry = self.configs.get(model_id)
-        return ModelLoad(
-            model_id=model_id,
-            waiting=self.queue.waiting(model_id),
-            ready=len(ready),
-            starting=self.loader.loading(model_id),
-            idle=tuple(idle),
-            min_replicas=entry.config.min_replicas if entry else 0,
-            max_replicas=max(
-                self._max_replicas(model_id), entry.config.min_replicas if entry else 0
-            ),
-        )
-
-    def _scale_up(self, model_id: str) -> None:
-        model = self._models.get(model_id)
-        if model is None:
-            return
-        have = frozenset(r.worker_id for r in self._replicas(model_id))
-        try:
-            self._start_load(model, self._required_tags(model_id, None), exclude=have)
-        except SchedulerError as exc:
-            _log.info("no room for another replica of %s: %s", model.reference, exc)
-            return
-        _log.info("scaling %s up to %d replica(s)", model.reference, len(have) + 1)
-
-    async def _start_missing_minimums(self) -> None:
-        """Resolve configured models with a minimum that nobody asked for yet."""
-        for entry in self.configs.entries():
-            if entry.config.min_replicas <= 0 or entry.model_id in self._models:
-                continue
-            try:
-                self._models[entry.model_id] = await self._resolver.resolve(
-                    entry.model_id, timeout=self._settings.rpc_timeout
-                )
-            except SchedulerError as exc:
-                _log.warning("configured model %s cannot be resolved: %s", entry.reference, exc)
 
     async def _identities(self, text: str) -> set[str]:
         """Ids and references a user's model string may match, even for a model the registry no

@@ -125,8 +125,9 @@ class WorkerNode:
             self.pool,
             MetricsLimits(timeout=settings.metrics_timeout, max_bytes=settings.metrics_max_bytes),
         )
+        self.leases = LeaseReleaser(scheduler, settings.rpc_timeout)
         worker_pb2_grpc.add_WorkerServicer_to_server(
-            WorkerServicer(self.pool, LeaseReleaser(scheduler, settings.rpc_timeout), metrics),
+            WorkerServicer(self.pool, self.leases, metrics),
             self.server.server,
         )
         self.identity: WorkerIdentity | None = None
@@ -161,6 +162,7 @@ class WorkerNode:
         """
         await self.stop_membership()
         await self.pool.close()
+        await self.leases.close()
         if farewell:
             await self.membership.farewell()
 
