@@ -208,6 +208,7 @@ class AssignRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     REQUIRED_TAGS_FIELD_NUMBER: _builtins.int
     PREFIX_HASHES_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_SECONDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     """As the client wrote it; the scheduler normalizes it."""
@@ -218,6 +219,11 @@ class AssignRequest(_message.Message):
     """
     priority: _builtins.int
     """Higher is served first when the model's requests queue; default 0."""
+    keep_alive_seconds: _builtins.float
+    """Ollama's per-request keep_alive: how long the model stays loaded after this request, until
+    another request says otherwise. Unset: the model's configuration or MODEL_KEEP_ALIVE;
+    0: unload when idle; negative: never unload.
+    """
     @_builtins.property
     def required_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Per-request worker tag requirements, on top of the model's configured ones."""
@@ -238,12 +244,15 @@ class AssignRequest(_message.Message):
         priority: _builtins.int = ...,
         required_tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         prefix_hashes: _abc.Iterable[_builtins.int] | None = ...,
+        keep_alive_seconds: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_keep_alive_seconds", b"_keep_alive_seconds", "keep_alive_seconds", b"keep_alive_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "endpoint", b"endpoint", "model", b"model", "prefix_hashes", b"prefix_hashes", "priority", b"priority", "request_id", b"request_id", "required_tags", b"required_tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_alive_seconds", b"_keep_alive_seconds", "affinity_key", b"affinity_key", "endpoint", b"endpoint", "keep_alive_seconds", b"keep_alive_seconds", "model", b"model", "prefix_hashes", b"prefix_hashes", "priority", b"priority", "request_id", b"request_id", "required_tags", b"required_tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__keep_alive_seconds: _TypeAlias = _typing.Literal["keep_alive_seconds"]  # noqa: Y015
+    _WhichOneofArgType__keep_alive_seconds: _TypeAlias = _typing.Literal["_keep_alive_seconds", b"_keep_alive_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keep_alive_seconds) -> _WhichOneofReturnType__keep_alive_seconds | None: ...
 
 Global___AssignRequest: _TypeAlias = AssignRequest  # noqa: Y015
 

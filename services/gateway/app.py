@@ -16,12 +16,15 @@ from starlette.responses import Response
 from services.common.clock import Clock
 from services.common.grpc_client import open_channel
 from services.gateway import errors
+from services.gateway.anthropic import routes as anthropic_routes
 from services.gateway.config import GatewaySettings
 from services.gateway.context import GatewayContext
 from services.gateway.cors import CorsGuard, OriginPolicy
 from services.gateway.dmr import routes as dmr_routes
 from services.gateway.inference import REQUEST_ID_HEADER
 from services.gateway.metrics import routes as metrics_routes
+from services.gateway.ollama import routes as ollama_routes
+from services.gateway.openai import responses as responses_routes
 from services.gateway.openai import routes as openai_routes
 from services.gateway.responses import error_response
 
@@ -62,8 +65,13 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    # The Responses and Anthropic routes sit under the OpenAI prefixes; they come first so that
+    # the OpenAI router's catch-all for unknown /v1 paths does not shadow them.
+    app.include_router(responses_routes.build_router(context))
+    app.include_router(anthropic_routes.build_router(context))
     app.include_router(openai_routes.build_router(context))
     app.include_router(dmr_routes.build_router(context))
+    app.include_router(ollama_routes.build_router(context))
     if settings.metrics_enabled:
         app.include_router(metrics_routes.build_router(context))
     _install_error_handlers(app)

@@ -67,6 +67,9 @@ class RoutingHints:
     priority: int = 0
     required_tags: tuple[tuple[str, str], ...] = ()
     prefix_hashes: tuple[int, ...] = ()
+    # Seconds the model stays loaded after this request (Ollama's keep_alive; negative: never);
+    # None leaves the model's keep-alive as it is.
+    keep_alive: float | None = None
 
 
 def routing_hints(

@@ -100,6 +100,7 @@ def _assign_request(request: InferenceRequest) -> scheduler_pb2.AssignRequest:
         priority=hints.priority,
         required_tags=dict(hints.required_tags),
         prefix_hashes=hints.prefix_hashes,
+        keep_alive_seconds=hints.keep_alive,
     )
 
 

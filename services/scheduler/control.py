@@ -112,6 +112,9 @@ class ControlPlane:
             rpc_timeout=settings.rpc_timeout,
             on_finished=self._load_finished,
         )
+        # Ollama-style per-request keep-alive, per model (None: never unload); bounded by the
+        # models the registry resolves, and dropped when the model leaves every worker.
+        self._requested_keep_alive: dict[str, float | None] = {}
         self.replicas = ReplicaManager(
             settings,
             membership=self.membership,
@@ -186,13 +189,15 @@ class ControlPlane:
         prefix_hashes: Sequence[int] = (),
         priority: int = 0,
         required_tags: Mapping[str, str] | None = None,
+        keep_alive: float | None = None,
         timeout: float | None = None,
     ) -> Assignment:
         """A lease on a replica of `model` with a free slot: at once if there is one, else after
         waiting in the model's queue (loading the model first if nothing serves it).
 
         `timeout` is what is left of the caller's deadline; the wait is bounded by it, by the
-        queue timeout and, while the model loads, by the load timeout.
+        queue timeout and, while the model loads, by the load timeout. `keep_alive` (seconds;
+        negative: never unload) overrides the model's keep-alive from now on, as Ollama's does.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -202,6 +207,8 @@ class ControlPlane:
         )
         model_id = resolved.model_id
         self.replicas.models[model_id] = resolved
+        if keep_alive is not None:
+            self._requested_keep_alive[model_id] = None if keep_alive < 0 else keep_alive
         tags = self.replicas.required_tags(model_id, required_tags)
         request = RouteRequest(
             model_id=model_id, affinity_key=affinity_key, prefix_hashes=tuple(prefix_hashes)
@@ -255,7 +262,13 @@ class ControlPlane:
     # Configuration ---------------------------------------------------------------------------
 
     def keep_alive_for(self, model_id: str) -> float | None:
-        """Seconds an idle runner of the model stays loaded; None: never unloaded."""
+        """Seconds an idle runner of the model stays loaded; None: never unloaded.
+
+        The last request that named a keep-alive (Ollama's `keep_alive`) wins over the model's
+        configuration, which wins over MODEL_KEEP_ALIVE.
+        """
+        if model_id in self._requested_keep_alive:
+            return self._requested_keep_alive[model_id]
         entry = self.configs.get(model_id)
         return effective_keep_alive(entry.config if entry else None, self._settings.keep_alive)
 
@@ -366,6 +379,9 @@ class ControlPlane:
         if dead or expired:
             self._dispatch_all()
             self.reaper.poke()
+        for model_id in list(self._requested_keep_alive):
+            if not self.replicas.replicas(model_id) and not self.queue.waiting(model_id):
+                del self._requested_keep_alive[model_id]
 
     async def autoscale_once(self, now: float) -> None:
         await self.replicas.autoscale_once(now)

@@ -153,6 +153,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 prefix_hashes=list(request.prefix_hashes),
                 priority=request.priority,
                 required_tags=dict(request.required_tags),
+                keep_alive=(
+                    request.keep_alive_seconds if request.HasField("keep_alive_seconds") else None
+                ),
                 timeout=context.time_remaining(),
             )
         except SchedulerError as exc:

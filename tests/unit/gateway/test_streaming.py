@@ -62,6 +62,7 @@ async def test_stream_is_relayed_byte_for_byte_as_it_arrives(
             assert response.status_code == 200
             assert response.headers["content-type"] == SSE
             assert response.headers["x-request-id"] == "s-1"
+            assert response.headers["x-worker-id"] == "worker-1"
             assert response.headers["cache-control"] == "no-cache"
             raw = response.aiter_raw()
             first = await read_at_least(raw, len(CHUNKS[0]))

@@ -217,3 +217,26 @@ async def test_list_workers_reports_memory_reserved_and_cache() -> None:
             status.memory_reserved_bytes == c.workers["w1"].load_requests[0].memory_estimate_bytes
         )
         assert dict(status.worker.tags) == {"accelerator": "cpu"}
+
+
+async def test_a_request_keep_alive_overrides_the_model_default() -> None:
+    async with cluster(("w1",), env=QUIET) as c, c.scheduler() as s:
+        await c.workers["w1"].register(s.stub)
+        control = s.app.control
+        assert control.keep_alive_for(MODEL_ID) == 300.0
+        pinned = await s.stub.Assign(
+            scheduler_pb2.AssignRequest(model="smollm2", keep_alive_seconds=-1), timeout=10
+        )
+        assert control.keep_alive_for(MODEL_ID) is None
+        await release(s, pinned.lease_id)
+        unload_now = await s.stub.Assign(
+            scheduler_pb2.AssignRequest(model="smollm2", keep_alive_seconds=0), timeout=10
+        )
+        assert control.keep_alive_for(MODEL_ID) == 0.0
+        # A request that says nothing keeps the last word.
+        await release(s, (await assign(s)).lease_id)
+        assert control.keep_alive_for(MODEL_ID) == 0.0
+        await release(s, unload_now.lease_id)
+        await poll(lambda: c.workers["w1"].unload_calls == [MODEL_ID], what="unload when idle")
+        await control.sweep(c.clock.monotonic())
+        assert control.keep_alive_for(MODEL_ID) == 300.0, "forgotten once the model is gone"

@@ -1,0 +1,1 @@
+"""The Anthropic API on top of the inference path (being written)."""

@@ -1,0 +1,13 @@
+"""Anthropic API routes (being written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from services.gateway.context import GatewayContext
+
+__all__ = ["build_router"]
+
+
+def build_router(context: GatewayContext) -> APIRouter:
+    return APIRouter()

@@ -1,0 +1,1 @@
+"""The Ollama API on top of the inference path (being written)."""
