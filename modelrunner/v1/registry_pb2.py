@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from modelrunner.v1 import common_pb2 as modelrunner_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelrunner/v1/registry.proto\x12\x0emodelrunner.v1\x1a\x1bmodelrunner/v1/common.proto\"x\n\x0ePackageRequest\x12\x11\n\tgguf_path\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x03 \x01(\x05\x12\x14\n\x0clicense_path\x18\x04 \x01(\t\x12\x1a\n\x12\x63hat_template_path\x18\x05 \x01(\t\"\x86\x01\n\x13PackageUploadHeader\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x02 \x01(\x05\x12\x11\n\tgguf_name\x18\x03 \x01(\t\x12\x11\n\tgguf_size\x18\x04 \x01(\x03\x12\x0f\n\x07license\x18\x05 \x01(\x0c\x12\x15\n\rchat_template\x18\x06 \x01(\x0c\"z\n\x14PackageUploadRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.modelrunner.v1.PackageUploadHeaderH\x00\x12\x14\n\ngguf_chunk\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x65nd\x18\x03 \x01(\x08H\x00\x42\x06\n\x04part\"7\n\x0fPackageResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.modelrunner.v1.Model\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.modelrunner.v1.Model\"(\n\x13InspectModelRequest\x12\x11\n\treference\x18\x01 \x01(\t\"1\n\x0fTagModelRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"4\n\x10TagModelResponse\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"6\n\x12\x44\x65leteModelRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"8\n\x13\x44\x65leteModelResponse\x12\x10\n\x08untagged\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x03(\t\"\x0e\n\x0cPurgeRequest\">\n\rPurgeResponse\x12\x16\n\x0e\x64\x65leted_models\x18\x01 \x01(\x05\x12\x15\n\rdeleted_blobs\x18\x02 \x01(\x05\"2\n\x10\x46\x65tchBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"-\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"O\n\x13RegistryCredentials\x12\x14\n\x0c\x62\x65\x61rer_token\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"Z\n\x0bPullRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\x38\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32#.modelrunner.v1.RegistryCredentials\"j\n\x0bPushRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x38\n\x0b\x63redentials\x18\x03 \x01(\x0b\x32#.modelrunner.v1.RegistryCredentials\":\n\rLayerProgress\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x03\"\xd9\x01\n\x10TransferProgress\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.modelrunner.v1.TransferEventType\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\x12,\n\x05layer\x18\x04 \x01(\x0b\x32\x1d.modelrunner.v1.LayerProgress\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12$\n\x05model\x18\x06 \x01(\x0b\x32\x15.modelrunner.v1.Model\x12\x12\n\nerror_code\x18\x07 \x01(\t\"\x12\n\x10\x44iskUsageRequest\"B\n\x11\x44iskUsageResponse\x12\x13\n\x0b\x62lobs_bytes\x18\x01 \x01(\x03\x12\x18\n\x10incomplete_bytes\x18\x02 \x01(\x03*\xbb\x01\n\x11TransferEventType\x12#\n\x1fTRANSFER_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cTRANSFER_EVENT_TYPE_PROGRESS\x10\x01\x12\x1f\n\x1bTRANSFER_EVENT_TYPE_SUCCESS\x10\x02\x12\x1f\n\x1bTRANSFER_EVENT_TYPE_WARNING\x10\x03\x12\x1d\n\x19TRANSFER_EVENT_TYPE_ERROR\x10\x04\x32\xee\x06\n\x08Registry\x12J\n\x07Package\x12\x1e.modelrunner.v1.PackageRequest\x1a\x1f.modelrunner.v1.PackageResponse\x12X\n\rPackageUpload\x12$.modelrunner.v1.PackageUploadRequest\x1a\x1f.modelrunner.v1.PackageResponse(\x01\x12S\n\nListModels\x12!.modelrunner.v1.ListModelsRequest\x1a\".modelrunner.v1.ListModelsResponse\x12J\n\x0cInspectModel\x12#.modelrunner.v1.InspectModelRequest\x1a\x15.modelrunner.v1.Model\x12M\n\x08TagModel\x12\x1f.modelrunner.v1.TagModelRequest\x1a .modelrunner.v1.TagModelResponse\x12V\n\x0b\x44\x65leteModel\x12\".modelrunner.v1.DeleteModelRequest\x1a#.modelrunner.v1.DeleteModelResponse\x12\x44\n\x05Purge\x12\x1c.modelrunner.v1.PurgeRequest\x1a\x1d.modelrunner.v1.PurgeResponse\x12P\n\tDiskUsage\x12 .modelrunner.v1.DiskUsageRequest\x1a!.modelrunner.v1.DiskUsageResponse\x12J\n\tFetchBlob\x12 .modelrunner.v1.FetchBlobRequest\x1a\x19.modelrunner.v1.BlobChunk0\x01\x12G\n\x04Pull\x12\x1b.modelrunner.v1.PullRequest\x1a .modelrunner.v1.TransferProgress0\x01\x12G\n\x04Push\x12\x1b.modelrunner.v1.PushRequest\x1a .modelrunner.v1.TransferProgress0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmodelrunner/v1/registry.proto\x12\x0emodelrunner.v1\x1a\x1bmodelrunner/v1/common.proto\"x\n\x0ePackageRequest\x12\x11\n\tgguf_path\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x03 \x01(\x05\x12\x14\n\x0clicense_path\x18\x04 \x01(\t\x12\x1a\n\x12\x63hat_template_path\x18\x05 \x01(\t\"\x86\x01\n\x13PackageUploadHeader\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x02 \x01(\x05\x12\x11\n\tgguf_name\x18\x03 \x01(\t\x12\x11\n\tgguf_size\x18\x04 \x01(\x03\x12\x0f\n\x07license\x18\x05 \x01(\x0c\x12\x15\n\rchat_template\x18\x06 \x01(\x0c\"z\n\x14PackageUploadRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.modelrunner.v1.PackageUploadHeaderH\x00\x12\x14\n\ngguf_chunk\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x65nd\x18\x03 \x01(\x08H\x00\x42\x06\n\x04part\"7\n\x0fPackageResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.modelrunner.v1.Model\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.modelrunner.v1.Model\"(\n\x13InspectModelRequest\x12\x11\n\treference\x18\x01 \x01(\t\"c\n\x14InspectRemoteRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\x38\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32#.modelrunner.v1.RegistryCredentials\"1\n\x0fTagModelRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"4\n\x10TagModelResponse\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"6\n\x12\x44\x65leteModelRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"8\n\x13\x44\x65leteModelResponse\x12\x10\n\x08untagged\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x03(\t\"\x0e\n\x0cPurgeRequest\">\n\rPurgeResponse\x12\x16\n\x0e\x64\x65leted_models\x18\x01 \x01(\x05\x12\x15\n\rdeleted_blobs\x18\x02 \x01(\x05\"2\n\x10\x46\x65tchBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"-\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"O\n\x13RegistryCredentials\x12\x14\n\x0c\x62\x65\x61rer_token\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"Z\n\x0bPullRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\x38\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32#.modelrunner.v1.RegistryCredentials\"j\n\x0bPushRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x38\n\x0b\x63redentials\x18\x03 \x01(\x0b\x32#.modelrunner.v1.RegistryCredentials\":\n\rLayerProgress\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x03\"\xd9\x01\n\x10TransferProgress\x12/\n\x04type\x18\x01 \x01(\x0e\x32!.modelrunner.v1.TransferEventType\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\x12,\n\x05layer\x18\x04 \x01(\x0b\x32\x1d.modelrunner.v1.LayerProgress\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12$\n\x05model\x18\x06 \x01(\x0b\x32\x15.modelrunner.v1.Model\x12\x12\n\nerror_code\x18\x07 \x01(\t\"\x12\n\x10\x44iskUsageRequest\"B\n\x11\x44iskUsageResponse\x12\x13\n\x0b\x62lobs_bytes\x18\x01 \x01(\x03\x12\x18\n\x10incomplete_bytes\x18\x02 \x01(\x03*\xbb\x01\n\x11TransferEventType\x12#\n\x1fTRANSFER_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cTRANSFER_EVENT_TYPE_PROGRESS\x10\x01\x12\x1f\n\x1bTRANSFER_EVENT_TYPE_SUCCESS\x10\x02\x12\x1f\n\x1bTRANSFER_EVENT_TYPE_WARNING\x10\x03\x12\x1d\n\x19TRANSFER_EVENT_TYPE_ERROR\x10\x04\x32\xbc\x07\n\x08Registry\x12J\n\x07Package\x12\x1e.modelrunner.v1.PackageRequest\x1a\x1f.modelrunner.v1.PackageResponse\x12X\n\rPackageUpload\x12$.modelrunner.v1.PackageUploadRequest\x1a\x1f.modelrunner.v1.PackageResponse(\x01\x12S\n\nListModels\x12!.modelrunner.v1.ListModelsRequest\x1a\".modelrunner.v1.ListModelsResponse\x12J\n\x0cInspectModel\x12#.modelrunner.v1.InspectModelRequest\x1a\x15.modelrunner.v1.Model\x12L\n\rInspectRemote\x12$.modelrunner.v1.InspectRemoteRequest\x1a\x15.modelrunner.v1.Model\x12M\n\x08TagModel\x12\x1f.modelrunner.v1.TagModelRequest\x1a .modelrunner.v1.TagModelResponse\x12V\n\x0b\x44\x65leteModel\x12\".modelrunner.v1.DeleteModelRequest\x1a#.modelrunner.v1.DeleteModelResponse\x12\x44\n\x05Purge\x12\x1c.modelrunner.v1.PurgeRequest\x1a\x1d.modelrunner.v1.PurgeResponse\x12P\n\tDiskUsage\x12 .modelrunner.v1.DiskUsageRequest\x1a!.modelrunner.v1.DiskUsageResponse\x12J\n\tFetchBlob\x12 .modelrunner.v1.FetchBlobRequest\x1a\x19.modelrunner.v1.BlobChunk0\x01\x12G\n\x04Pull\x12\x1b.modelrunner.v1.PullRequest\x1a .modelrunner.v1.TransferProgress0\x01\x12G\n\x04Push\x12\x1b.modelrunner.v1.PushRequest\x1a .modelrunner.v1.TransferProgress0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelrunner.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSFEREVENTTYPE']._serialized_start=1690
-  _globals['_TRANSFEREVENTTYPE']._serialized_end=1877
+  _globals['_TRANSFEREVENTTYPE']._serialized_start=1791
+  _globals['_TRANSFEREVENTTYPE']._serialized_end=1978
   _globals['_PACKAGEREQUEST']._serialized_start=78
   _globals['_PACKAGEREQUEST']._serialized_end=198
   _globals['_PACKAGEUPLOADHEADER']._serialized_start=201
@@ -48,36 +48,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSRESPONSE']._serialized_end=598
   _globals['_INSPECTMODELREQUEST']._serialized_start=600
   _globals['_INSPECTMODELREQUEST']._serialized_end=640
-  _globals['_TAGMODELREQUEST']._serialized_start=642
-  _globals['_TAGMODELREQUEST']._serialized_end=691
-  _globals['_TAGMODELRESPONSE']._serialized_start=693
-  _globals['_TAGMODELRESPONSE']._serialized_end=745
-  _globals['_DELETEMODELREQUEST']._serialized_start=747
-  _globals['_DELETEMODELREQUEST']._serialized_end=801
-  _globals['_DELETEMODELRESPONSE']._serialized_start=803
-  _globals['_DELETEMODELRESPONSE']._serialized_end=859
-  _globals['_PURGEREQUEST']._serialized_start=861
-  _globals['_PURGEREQUEST']._serialized_end=875
-  _globals['_PURGERESPONSE']._serialized_start=877
-  _globals['_PURGERESPONSE']._serialized_end=939
-  _globals['_FETCHBLOBREQUEST']._serialized_start=941
-  _globals['_FETCHBLOBREQUEST']._serialized_end=991
-  _globals['_BLOBCHUNK']._serialized_start=993
-  _globals['_BLOBCHUNK']._serialized_end=1038
-  _globals['_REGISTRYCREDENTIALS']._serialized_start=1040
-  _globals['_REGISTRYCREDENTIALS']._serialized_end=1119
-  _globals['_PULLREQUEST']._serialized_start=1121
-  _globals['_PULLREQUEST']._serialized_end=1211
-  _globals['_PUSHREQUEST']._serialized_start=1213
-  _globals['_PUSHREQUEST']._serialized_end=1319
-  _globals['_LAYERPROGRESS']._serialized_start=1321
-  _globals['_LAYERPROGRESS']._serialized_end=1379
-  _globals['_TRANSFERPROGRESS']._serialized_start=1382
-  _globals['_TRANSFERPROGRESS']._serialized_end=1599
-  _globals['_DISKUSAGEREQUEST']._serialized_start=1601
-  _globals['_DISKUSAGEREQUEST']._serialized_end=1619
-  _globals['_DISKUSAGERESPONSE']._serialized_start=1621
-  _globals['_DISKUSAGERESPONSE']._serialized_end=1687
-  _globals['_REGISTRY']._serialized_start=1880
-  _globals['_REGISTRY']._serialized_end=2758
+  _globals['_INSPECTREMOTEREQUEST']._serialized_start=642
+  _globals['_INSPECTREMOTEREQUEST']._serialized_end=741
+  _globals['_TAGMODELREQUEST']._serialized_start=743
+  _globals['_TAGMODELREQUEST']._serialized_end=792
+  _globals['_TAGMODELRESPONSE']._serialized_start=794
+  _globals['_TAGMODELRESPONSE']._serialized_end=846
+  _globals['_DELETEMODELREQUEST']._serialized_start=848
+  _globals['_DELETEMODELREQUEST']._serialized_end=902
+  _globals['_DELETEMODELRESPONSE']._serialized_start=904
+  _globals['_DELETEMODELRESPONSE']._serialized_end=960
+  _globals['_PURGEREQUEST']._serialized_start=962
+  _globals['_PURGEREQUEST']._serialized_end=976
+  _globals['_PURGERESPONSE']._serialized_start=978
+  _globals['_PURGERESPONSE']._serialized_end=1040
+  _globals['_FETCHBLOBREQUEST']._serialized_start=1042
+  _globals['_FETCHBLOBREQUEST']._serialized_end=1092
+  _globals['_BLOBCHUNK']._serialized_start=1094
+  _globals['_BLOBCHUNK']._serialized_end=1139
+  _globals['_REGISTRYCREDENTIALS']._serialized_start=1141
+  _globals['_REGISTRYCREDENTIALS']._serialized_end=1220
+  _globals['_PULLREQUEST']._serialized_start=1222
+  _globals['_PULLREQUEST']._serialized_end=1312
+  _globals['_PUSHREQUEST']._serialized_start=1314
+  _globals['_PUSHREQUEST']._serialized_end=1420
+  _globals['_LAYERPROGRESS']._serialized_start=1422
+  _globals['_LAYERPROGRESS']._serialized_end=1480
+  _globals['_TRANSFERPROGRESS']._serialized_start=1483
+  _globals['_TRANSFERPROGRESS']._serialized_end=1700
+  _globals['_DISKUSAGEREQUEST']._serialized_start=1702
+  _globals['_DISKUSAGEREQUEST']._serialized_end=1720
+  _globals['_DISKUSAGERESPONSE']._serialized_start=1722
+  _globals['_DISKUSAGERESPONSE']._serialized_end=1788
+  _globals['_REGISTRY']._serialized_start=1981
+  _globals['_REGISTRY']._serialized_end=2937
 # @@protoc_insertion_point(module_scope)

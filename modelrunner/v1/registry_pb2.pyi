@@ -225,6 +225,34 @@ class InspectModelRequest(_message.Message):
 Global___InspectModelRequest: _TypeAlias = InspectModelRequest  # noqa: Y015
 
 @_typing.final
+class InspectRemoteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    """e.g. "ai/smollm2:135M-Q4_1", "localhost:5000/team/model:v1", "name@sha256:..."."""
+    @_builtins.property
+    def credentials(self) -> Global___RegistryCredentials:
+        """Only `bearer_token` is set by the gateway (from `Authorization: Bearer`); without
+        credentials the Docker config is consulted, then the registry is tried anonymously.
+        """
+
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        credentials: Global___RegistryCredentials | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InspectRemoteRequest: _TypeAlias = InspectRemoteRequest  # noqa: Y015
+
+@_typing.final
 class TagModelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -55,6 +55,11 @@ class RegistryStub:
                 request_serializer=modelrunner_dot_v1_dot_registry__pb2.InspectModelRequest.SerializeToString,
                 response_deserializer=modelrunner_dot_v1_dot_common__pb2.Model.FromString,
                 _registered_method=True)
+        self.InspectRemote = channel.unary_unary(
+                '/modelrunner.v1.Registry/InspectRemote',
+                request_serializer=modelrunner_dot_v1_dot_registry__pb2.InspectRemoteRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_common__pb2.Model.FromString,
+                _registered_method=True)
         self.TagModel = channel.unary_unary(
                 '/modelrunner.v1.Registry/TagModel',
                 request_serializer=modelrunner_dot_v1_dot_registry__pb2.TagModelRequest.SerializeToString,
@@ -122,6 +127,25 @@ class RegistryServicer:
 
     def InspectModel(self, request, context):
         """Resolve a tag, a partial name ("smollm2") or an id to a model. NOT_FOUND when absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InspectRemote(self, request, context):
+        """Describe a model as the upstream OCI registry holds it (DMR's `GET /models/{name}?remote=true`),
+        without pulling it: only the manifest and the config blob are fetched, into memory, and
+        nothing is written to the store. The reference normalizes as for Pull (DEFAULT_REGISTRY,
+        registry mirrors, INSECURE_REGISTRY, Docker config credentials). The answer has the shape of
+        InspectModel's: `id` is the manifest digest (the id the model gets once pulled), `tags` is
+        empty (tags are local; DMR answers none), `created` and `config` come from the config blob.
+        INVALID_ARGUMENT: malformed reference (or the registry refused the request as malformed).
+        NOT_FOUND: the registry has no such repository, tag or digest.
+        UNAUTHENTICATED: the registry refused the credentials (or their absence), 401 or 403.
+        FAILED_PRECONDITION: not a model artifact; the message names the unsupported media type.
+        UNAVAILABLE: the registry is unreachable, kept failing (5xx, 429) after the retries, or
+        answered something the distribution protocol does not allow.
+        DATA_LOSS: the manifest or config does not hash to its digest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,6 +225,11 @@ def add_RegistryServicer_to_server(servicer, server):
             'InspectModel': grpc.unary_unary_rpc_method_handler(
                     servicer.InspectModel,
                     request_deserializer=modelrunner_dot_v1_dot_registry__pb2.InspectModelRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_common__pb2.Model.SerializeToString,
+            ),
+            'InspectRemote': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectRemote,
+                    request_deserializer=modelrunner_dot_v1_dot_registry__pb2.InspectRemoteRequest.FromString,
                     response_serializer=modelrunner_dot_v1_dot_common__pb2.Model.SerializeToString,
             ),
             'TagModel': grpc.unary_unary_rpc_method_handler(
@@ -346,6 +375,33 @@ class Registry:
             target,
             '/modelrunner.v1.Registry/InspectModel',
             modelrunner_dot_v1_dot_registry__pb2.InspectModelRequest.SerializeToString,
+            modelrunner_dot_v1_dot_common__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectRemote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.Registry/InspectRemote',
+            modelrunner_dot_v1_dot_registry__pb2.InspectRemoteRequest.SerializeToString,
             modelrunner_dot_v1_dot_common__pb2.Model.FromString,
             options,
             channel_credentials,

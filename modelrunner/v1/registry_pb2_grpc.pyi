@@ -45,6 +45,21 @@ class RegistryStub:
     ListModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]
     InspectModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.InspectModelRequest, _common_pb2.Model]
     """Resolve a tag, a partial name ("smollm2") or an id to a model. NOT_FOUND when absent."""
+    InspectRemote: _grpc.UnaryUnaryMultiCallable[_registry_pb2.InspectRemoteRequest, _common_pb2.Model]
+    """Describe a model as the upstream OCI registry holds it (DMR's `GET /models/{name}?remote=true`),
+    without pulling it: only the manifest and the config blob are fetched, into memory, and
+    nothing is written to the store. The reference normalizes as for Pull (DEFAULT_REGISTRY,
+    registry mirrors, INSECURE_REGISTRY, Docker config credentials). The answer has the shape of
+    InspectModel's: `id` is the manifest digest (the id the model gets once pulled), `tags` is
+    empty (tags are local; DMR answers none), `created` and `config` come from the config blob.
+    INVALID_ARGUMENT: malformed reference (or the registry refused the request as malformed).
+    NOT_FOUND: the registry has no such repository, tag or digest.
+    UNAUTHENTICATED: the registry refused the credentials (or their absence), 401 or 403.
+    FAILED_PRECONDITION: not a model artifact; the message names the unsupported media type.
+    UNAVAILABLE: the registry is unreachable, kept failing (5xx, 429) after the retries, or
+    answered something the distribution protocol does not allow.
+    DATA_LOSS: the manifest or config does not hash to its digest.
+    """
     TagModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.TagModelRequest, _registry_pb2.TagModelResponse]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]
     """FAILED_PRECONDITION when the model has several tags and force is false."""
@@ -83,6 +98,21 @@ class RegistryAsyncStub(RegistryStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]  # type: ignore[assignment]
     InspectModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.InspectModelRequest, _common_pb2.Model]  # type: ignore[assignment]
     """Resolve a tag, a partial name ("smollm2") or an id to a model. NOT_FOUND when absent."""
+    InspectRemote: _aio.UnaryUnaryMultiCallable[_registry_pb2.InspectRemoteRequest, _common_pb2.Model]  # type: ignore[assignment]
+    """Describe a model as the upstream OCI registry holds it (DMR's `GET /models/{name}?remote=true`),
+    without pulling it: only the manifest and the config blob are fetched, into memory, and
+    nothing is written to the store. The reference normalizes as for Pull (DEFAULT_REGISTRY,
+    registry mirrors, INSECURE_REGISTRY, Docker config credentials). The answer has the shape of
+    InspectModel's: `id` is the manifest digest (the id the model gets once pulled), `tags` is
+    empty (tags are local; DMR answers none), `created` and `config` come from the config blob.
+    INVALID_ARGUMENT: malformed reference (or the registry refused the request as malformed).
+    NOT_FOUND: the registry has no such repository, tag or digest.
+    UNAUTHENTICATED: the registry refused the credentials (or their absence), 401 or 403.
+    FAILED_PRECONDITION: not a model artifact; the message names the unsupported media type.
+    UNAVAILABLE: the registry is unreachable, kept failing (5xx, 429) after the retries, or
+    answered something the distribution protocol does not allow.
+    DATA_LOSS: the manifest or config does not hash to its digest.
+    """
     TagModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.TagModelRequest, _registry_pb2.TagModelResponse]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]  # type: ignore[assignment]
     """FAILED_PRECONDITION when the model has several tags and force is false."""
@@ -142,6 +172,27 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.Model, _abc.Awaitable[_common_pb2.Model]]:
         """Resolve a tag, a partial name ("smollm2") or an id to a model. NOT_FOUND when absent."""
+
+    @_abc_1.abstractmethod
+    def InspectRemote(
+        self,
+        request: _registry_pb2.InspectRemoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.Model, _abc.Awaitable[_common_pb2.Model]]:
+        """Describe a model as the upstream OCI registry holds it (DMR's `GET /models/{name}?remote=true`),
+        without pulling it: only the manifest and the config blob are fetched, into memory, and
+        nothing is written to the store. The reference normalizes as for Pull (DEFAULT_REGISTRY,
+        registry mirrors, INSECURE_REGISTRY, Docker config credentials). The answer has the shape of
+        InspectModel's: `id` is the manifest digest (the id the model gets once pulled), `tags` is
+        empty (tags are local; DMR answers none), `created` and `config` come from the config blob.
+        INVALID_ARGUMENT: malformed reference (or the registry refused the request as malformed).
+        NOT_FOUND: the registry has no such repository, tag or digest.
+        UNAUTHENTICATED: the registry refused the credentials (or their absence), 401 or 403.
+        FAILED_PRECONDITION: not a model artifact; the message names the unsupported media type.
+        UNAVAILABLE: the registry is unreachable, kept failing (5xx, 429) after the retries, or
+        answered something the distribution protocol does not allow.
+        DATA_LOSS: the manifest or config does not hash to its digest.
+        """
 
     @_abc_1.abstractmethod
     def TagModel(

@@ -47,6 +47,15 @@ class RegistryClient:
             registry_pb2.InspectModelRequest(reference=reference), timeout=self._timeout
         )
 
+    async def inspect_remote(
+        self, reference: str, credentials: registry_pb2.RegistryCredentials
+    ) -> common_pb2.Model:
+        """The model as its upstream registry holds it; nothing is pulled."""
+        return await self._stub.InspectRemote(
+            registry_pb2.InspectRemoteRequest(reference=reference, credentials=credentials),
+            timeout=self._timeout,
+        )
+
     async def tag_model(self, source: str, target: str) -> registry_pb2.TagModelResponse:
         return await self._stub.TagModel(
             registry_pb2.TagModelRequest(source=source, target=target), timeout=self._timeout

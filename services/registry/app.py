@@ -14,6 +14,7 @@ from services.registry.model_store import ModelStore
 from services.registry.packaging import Packager
 from services.registry.pull import Puller
 from services.registry.push import Pusher
+from services.registry.remote_inspect import RemoteInspector
 from services.registry.server import SERVICE_NAME, RegistryServicer
 from services.registry.transfer import BlobDownloader
 from services.registry.upload import Uploader
@@ -77,6 +78,7 @@ async def build_registry(settings: RegistrySettings, *, clock: Clock) -> Registr
     pusher = Pusher(
         store, http, remote, clock=clock, max_metadata_bytes=settings.max_metadata_bytes
     )
+    inspector = RemoteInspector(http, remote, max_metadata_bytes=settings.max_metadata_bytes)
     server = GrpcServer(settings.listen_address, [SERVICE_NAME])
     registry_pb2_grpc.add_RegistryServicer_to_server(
         RegistryServicer(
@@ -84,6 +86,7 @@ async def build_registry(settings: RegistrySettings, *, clock: Clock) -> Registr
             packager,
             puller=puller,
             pusher=pusher,
+            inspector=inspector,
             uploader=uploader,
             fetch_chunk_bytes=settings.fetch_chunk_bytes,
         ),

@@ -31,6 +31,7 @@ from services.registry.store.index import LAYOUT_FILE, Index, IndexDocument, Ind
 from services.registry.store.manifests import (
     CONFIG_MEDIA_TYPES,
     MEDIA_TYPE_MANIFEST,
+    ConfigFile,
     Descriptor,
     Manifest,
     ModelConfig,
@@ -39,7 +40,7 @@ from services.registry.store.manifests import (
 )
 from services.registry.store.pins import Pins, PinSession
 
-__all__ = ["DeleteResult", "Model", "ModelStore", "PurgeResult"]
+__all__ = ["DeleteResult", "Model", "ModelStore", "PurgeResult", "describe_model"]
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +54,22 @@ class Model:
     config: ModelConfig
     config_descriptor: Descriptor
     layers: tuple[Descriptor, ...]
+
+
+def describe_model(
+    digest: str, tags: Sequence[str], manifest: Manifest, config_file: ConfigFile
+) -> Model:
+    """The model a manifest (whose digest is `digest`) and its parsed config describe; the one
+    place a stored model and a remote one (InspectRemote) get their shape."""
+    created = config_file.created
+    return Model(
+        id=digest,
+        tags=tuple(tags),
+        created=int(created.timestamp()) if created is not None else 0,
+        config=config_file.config,
+        config_descriptor=manifest.config,
+        layers=manifest.layers,
+    )
 
 
 @dataclass(frozen=True)
@@ -149,15 +166,7 @@ class ModelStore:
             manifest.config.digest, limit=self._max_metadata_bytes
         )
         config_file = parse_config(config_type, config_data)
-        created = config_file.created
-        return Model(
-            id=digest,
-            tags=document.tags_of(digest),
-            created=int(created.timestamp()) if created is not None else 0,
-            config=config_file.config,
-            config_descriptor=manifest.config,
-            layers=manifest.layers,
-        )
+        return describe_model(digest, document.tags_of(digest), manifest, config_file)
 
     async def list_models(self) -> list[Model]:
         document = await self._index.read()

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 
@@ -58,6 +59,7 @@ from services.registry.progress import (
 from services.registry.store.manifests import (
     CONFIG_MEDIA_TYPES,
     MEDIA_TYPE_MANIFEST,
+    ConfigFile,
     Descriptor,
     Manifest,
     parse_config,
@@ -68,10 +70,13 @@ from services.registry.transfer import BlobDownloader
 __all__ = [
     "Puller",
     "check_manifest",
+    "fetch_model_manifest",
     "local_name",
     "open_session",
+    "parse_remote_config",
     "parse_remote_reference",
     "run_with_events",
+    "try_endpoints",
 ]
 
 _log = logging.getLogger(__name__)
@@ -79,6 +84,7 @@ _log = logging.getLogger(__name__)
 # What makes a mirror give way to the next endpoint; auth refusals and unsupported artifacts
 # are answers about the model itself and end the pull.
 _MIRROR_FALLBACK = (RegistryUnavailable, RemoteNotFound, RemoteProtocolError)
+_T = TypeVar("_T")
 
 
 def parse_remote_reference(text: str, default_registry: str = DEFAULT_REGISTRY) -> ModelReference:
@@ -144,6 +150,49 @@ def check_manifest(remote: RemoteManifest) -> Manifest:
             f"(supported: {', '.join(sorted(CONFIG_MEDIA_TYPES))}); try upgrading"
         )
     return manifest
+
+
+async def fetch_model_manifest(
+    session: RepositorySession, reference: ModelReference, *, max_bytes: int
+) -> tuple[RemoteManifest, Manifest]:
+    """The reference's manifest, verified and checked to be a model whose config is small enough
+    to read whole."""
+    remote = await session.get_manifest(reference.digest or reference.tag, max_bytes=max_bytes)
+    manifest = check_manifest(remote)
+    if manifest.config.size > max_bytes:
+        raise RemoteProtocolError(f"config blob is larger than {max_bytes}")
+    return remote, manifest
+
+
+def parse_remote_config(descriptor: Descriptor, data: bytes) -> ConfigFile:
+    try:
+        return parse_config(descriptor.media_type, data)
+    except StoreCorrupt as exc:
+        raise RemoteProtocolError(f"invalid model config: {exc}") from exc
+
+
+async def try_endpoints(
+    reference: ModelReference,
+    settings: RemoteSettings,
+    attempt: Callable[[Endpoint], Awaitable[_T]],
+) -> _T:
+    """`attempt` against each mirror of the reference's registry in order, then the registry.
+
+    A mirror that is unreachable, keeps failing, lacks the model or answers nonsense gives way to
+    the next endpoint; the upstream's error is the one raised.
+    """
+    *mirrors, upstream = pull_endpoints(reference.registry, settings)
+    for mirror in mirrors:
+        try:
+            return await attempt(mirror)
+        except _MIRROR_FALLBACK as exc:
+            _log.warning(
+                "mirror %s failed for %s, trying the next endpoint: %s",
+                mirror.registry,
+                reference.qualified,
+                exc,
+            )
+    return await attempt(upstream)
 
 
 async def run_with_events(
@@ -225,18 +274,11 @@ class Puller:
 
     async def _prepare(self, text: str, credentials: Credentials) -> _Plan:
         reference = parse_remote_reference(text, self._settings.default_registry)
-        *mirrors, upstream = pull_endpoints(reference.registry, self._settings)
-        for mirror in mirrors:
-            try:
-                return await self._prepare_from(reference, mirror, credentials)
-            except _MIRROR_FALLBACK as exc:
-                _log.warning(
-                    "mirror %s failed for %s, trying the next endpoint: %s",
-                    mirror.registry,
-                    reference.qualified,
-                    exc,
-                )
-        return await self._prepare_from(reference, upstream, credentials)
+        return await try_endpoints(
+            reference,
+            self._settings,
+            lambda endpoint: self._prepare_from(reference, endpoint, credentials),
+        )
 
     async def _prepare_from(
         self, reference: ModelReference, endpoint: Endpoint, credentials: Credentials
@@ -244,23 +286,17 @@ class Puller:
         session = await open_session(
             self._http, self._settings, reference, credentials, endpoint=endpoint
         )
-        remote = await session.get_manifest(
-            reference.digest or reference.tag, max_bytes=self._max_metadata_bytes
+        remote, manifest = await fetch_model_manifest(
+            session, reference, max_bytes=self._max_metadata_bytes
         )
-        manifest = check_manifest(remote)
         config = manifest.config
-        if config.size > self._max_metadata_bytes:
-            raise RemoteProtocolError(f"config blob is larger than {self._max_metadata_bytes}")
 
         async def ignore(_digest: str, _current: int) -> None:
             return None
 
         await self._downloader.fetch(session, config, ignore)
         data = await self._store.blobs.read_bytes(config.digest, limit=self._max_metadata_bytes)
-        try:
-            parse_config(config.media_type, data)
-        except StoreCorrupt as exc:
-            raise RemoteProtocolError(f"invalid model config: {exc}") from exc
+        parse_remote_config(config, data)
         return _Plan(reference, session, remote.data, manifest)
 
     async def _download_all(

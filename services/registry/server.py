@@ -31,6 +31,7 @@ from services.registry.packaging import Packager, PackageSpec
 from services.registry.progress import EventType, TransferEvent
 from services.registry.pull import Puller
 from services.registry.push import Pusher
+from services.registry.remote_inspect import RemoteInspector
 from services.registry.store.manifests import Descriptor
 from services.registry.upload import Uploader, UploadHeader
 
@@ -201,6 +202,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         *,
         puller: Puller,
         pusher: Pusher,
+        inspector: RemoteInspector,
         uploader: Uploader,
         fetch_chunk_bytes: int,
     ) -> None:
@@ -209,6 +211,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self._uploader = uploader
         self._puller = puller
         self._pusher = pusher
+        self._inspector = inspector
         self._fetch_chunk_bytes = fetch_chunk_bytes
 
     async def Pull(
@@ -284,6 +287,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self, request: registry_pb2.InspectModelRequest, context: _Context
     ) -> common_pb2.Model:
         return model_to_proto(await _call(context, self._store.inspect(request.reference)))
+
+    async def InspectRemote(
+        self, request: registry_pb2.InspectRemoteRequest, context: _Context
+    ) -> common_pb2.Model:
+        work = self._inspector.inspect(request.reference, _credentials(request.credentials))
+        return model_to_proto(await _call(context, work))
 
     async def TagModel(
         self, request: registry_pb2.TagModelRequest, context: _Context

@@ -43,6 +43,13 @@ def _flag(request: Request, name: str) -> bool:
     raise errors.InvalidRequest(f"query parameter {name} must be true or false", param=name)
 
 
+def _bearer_token(request: Request) -> str:
+    """The token of an `Authorization: Bearer <token>` header, passed to the upstream registry as
+    DMR passes `bearer-token`; "" without one (the registry then uses its Docker config)."""
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def build_router(context: GatewayContext) -> APIRouter:
     router = APIRouter()
 
@@ -120,9 +127,16 @@ def build_router(context: GatewayContext) -> APIRouter:
         raise errors.NotFound(f"unknown model action {action!r}")
 
     @router.get("/models/{name:path}")
-    async def get_model(name: str) -> Response:
-        with errors.translate_rpc_errors("registry"):
-            model = await context.registry.inspect_model(name)
+    async def get_model(name: str, request: Request) -> Response:
+        """The local model, or with `?remote=true` the registry's copy, read without pulling
+        (an unsupported artifact is 422, as for a pull)."""
+        if _flag(request, "remote"):
+            credentials = registry_pb2.RegistryCredentials(bearer_token=_bearer_token(request))
+            with errors.translate_rpc_errors("registry", precondition=errors.Unprocessable):
+                model = await context.registry.inspect_remote(name, credentials)
+        else:
+            with errors.translate_rpc_errors("registry"):
+                model = await context.registry.inspect_model(name)
         return json_response(dmr_model(model))
 
     # Before `DELETE /models/{name:path}`, which would take it for a model named "purge".

@@ -254,6 +254,10 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
     purge_failure: tuple[grpc.StatusCode, str] | None = None
     disk: registry_pb2.DiskUsageResponse = field(default_factory=registry_pb2.DiskUsageResponse)
     disk_failure: Failure | None = None
+    # InspectRemote: the upstream's models by reference as sent; a failure to answer instead.
+    remote_models: dict[str, common_pb2.Model] = field(default_factory=dict)
+    remote_failure: Failure | None = None
+    remote_requests: list[registry_pb2.InspectRemoteRequest] = field(default_factory=list)
 
     def _find(self, reference: str) -> common_pb2.Model | None:
         name = familiar(reference)
@@ -278,6 +282,18 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
         model = self._find(request.reference)
         if model is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.reference} not found")
+        assert model is not None
+        return model
+
+    async def InspectRemote(
+        self, request: registry_pb2.InspectRemoteRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Model:
+        self.remote_requests.append(request)
+        if self.remote_failure is not None:
+            await abort(context, self.remote_failure)
+        model = self.remote_models.get(request.reference)
+        if model is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"manifest {request.reference} unknown")
         assert model is not None
         return model
 
