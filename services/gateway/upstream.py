@@ -12,7 +12,7 @@ raised from the iterator as UpstreamError, so the route can end its stream in it
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -31,33 +31,48 @@ _EVENT_END = b"\n\n"
 class UpstreamAnswer:
     """An open streamed answer: iterate `events()` once, then `close()`."""
 
-    def __init__(self, stream: GenerateStream, retry_after: float) -> None:
+    def __init__(
+        self, stream: GenerateStream, retry_after: float, max_event_bytes: int = 1 << 20
+    ) -> None:
         self._stream = stream
         self._retry_after = retry_after
+        # One event is buffered whole before it is parsed; this bounds that buffer.
+        self._max_event_bytes = max_event_bytes
         self.worker_id = stream.worker_id
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Each `data:` JSON object until `[DONE]` or the end of the stream."""
+        async with contextlib.aclosing(self._data()) as payloads:
+            async for data in payloads:
+                if data == b"[DONE]":
+                    return
+                parsed = _object(data)
+                if "error" in parsed and len(parsed) == 1:
+                    raise errors.UpstreamError(_message(parsed))
+                yield parsed
+
+    async def _data(self) -> AsyncGenerator[bytes, None]:
+        """The payload of each `data:` line, events reassembled across chunk boundaries."""
         buffer = b""
-        async for chunk in self.chunks():
-            buffer += chunk
-            while (end := buffer.find(_EVENT_END)) >= 0:
-                event, buffer = buffer[:end], buffer[end + len(_EVENT_END) :]
-                for line in event.split(b"\n"):
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        return
-                    parsed = _object(data)
-                    if "error" in parsed and len(parsed) == 1:
-                        raise errors.UpstreamError(_message(parsed))
-                    yield parsed
+        async with contextlib.aclosing(self.chunks()) as chunks:
+            async for chunk in chunks:
+                buffer += chunk
+                while (end := buffer.find(_EVENT_END)) >= 0:
+                    event, buffer = buffer[:end], buffer[end + len(_EVENT_END) :]
+                    for data in _data_lines(event):
+                        yield data
+                if len(buffer) > self._max_event_bytes:
+                    raise errors.UpstreamError(
+                        f"llama-server sent an event larger than {self._max_event_bytes} bytes"
+                    )
+        # A stream may end without the blank line after its last event; that event still counts.
+        for data in _data_lines(buffer):
+            yield data
 
     async def close(self) -> None:
         await self._stream.close()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The raw body as llama-server wrote it."""
         read = self._stream.call.read
         try:
@@ -80,7 +95,8 @@ async def open_events(
 ) -> AsyncIterator[UpstreamAnswer]:
     """A streamed chat/completion (`request.stream` must be true); the lease goes back on exit."""
     stream = await inference.open(request)
-    answer = UpstreamAnswer(stream, inference.settings.retry_after)
+    settings = inference.settings
+    answer = UpstreamAnswer(stream, settings.retry_after, settings.max_response_bytes)
     try:
         if not 200 <= stream.head.status_code < 300:
             raise _http_error(stream.head.status_code, await _read_all(answer))
@@ -111,6 +127,10 @@ async def _read_all(answer: UpstreamAnswer, *, limit: int = 1 << 20) -> bytes:
             raise errors.UpstreamError(f"the answer is larger than {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _data_lines(event: bytes) -> list[bytes]:
+    return [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
 
 
 def _object(data: bytes) -> dict[str, Any]:
