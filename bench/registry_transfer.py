@@ -5,12 +5,21 @@ temporary storage, and the project's registry service as a real process (`python
 services.registry`). Packages the SmolLM2 GGUF and a generated ~1 GiB GGUF with Registry.Package,
 pushes both with Registry.Push, then, for each model and round, pulls it with Registry.Pull into a
 fresh, empty store (a new service process each time) and fetches the same layer blob with curl
-from the registry's `/v2/<repo>/blobs/<digest>` (to /dev/null, and to a file, since the pull
-writes the blob to disk too), alternating the two so machine noise hits both
-alike. The service's RSS (VmRSS) is sampled every 50 ms during each push and pull; growth is the
-peak over the idle RSS measured just before the transfer started.
+from the registry's `/v2/<repo>/blobs/<digest>`, alternating them so machine noise hits all alike:
+to /dev/null (the network alone), to a file (what the pull writes), and `curl | tee FILE |
+sha256sum` (a plain GET that also writes and hashes: the fair baseline for a verified download;
+its hash is checked against the digest). The local bound is hash + write + fsync of the same blob
+read from the upstream's page-cached storage, with no network at all: the per-byte work the pull
+does before it renames a blob. It is a rough bound: writing into the page cache varies several
+fold between runs on a VM (fresh guest pages cost more), so a pull can beat one sample of it. The
+service's RSS (VmRSS) is sampled every 50 ms during each push and pull; growth is the peak over
+the idle RSS measured just before the transfer started.
+
+With `--baseline-root DIR` (a copy of the repository at another revision) each round also pulls
+with that tree's registry service, for a before/after comparison under the same noise.
 
     .venv/bin/python bench/registry_transfer.py [--gguf FILE] [--synthetic-mib 1024] [--rounds 3]
+        [--baseline-root DIR]
 
 MB is 10^6 bytes throughout, as in curl's %{speed_download}.
 """
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import statistics
@@ -115,8 +125,11 @@ class Service:
 
 
 @contextlib.asynccontextmanager
-async def registry_service(models_path: Path, log_path: Path) -> AsyncIterator[Service]:
-    """`python -m services.registry` on a free port; SIGTERM (then SIGKILL) by PID on exit."""
+async def registry_service(
+    models_path: Path, log_path: Path, root: Path = _REPO
+) -> AsyncIterator[Service]:
+    """`python -m services.registry` of the tree at `root` on a free port; SIGTERM (then
+    SIGKILL) by PID on exit."""
     address = f"127.0.0.1:{free_port()}"
     environ = {
         **os.environ,
@@ -130,7 +143,7 @@ async def registry_service(models_path: Path, log_path: Path) -> AsyncIterator[S
             "-m",
             "services.registry",
             env=environ,
-            cwd=_REPO,
+            cwd=root,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
@@ -204,8 +217,11 @@ class Row:
     push_rss_mb: float = 0.0
     push_anon_mb: float = 0.0
     pull_mbps: list[float] = field(default_factory=list)
+    baseline_pull_mbps: list[float] = field(default_factory=list)
     curl_mbps: list[float] = field(default_factory=list)
     curl_disk_mbps: list[float] = field(default_factory=list)
+    curl_verified_mbps: list[float] = field(default_factory=list)
+    bound_mbps: list[float] = field(default_factory=list)
     pull_rss_mb: list[float] = field(default_factory=list)
     pull_anon_mb: list[float] = field(default_factory=list)
 
@@ -221,7 +237,8 @@ async def _push(service: Service, row: Row, upstream: DockerRegistry) -> None:
     row.push_rss_mb, row.push_anon_mb = rss.growth_mb, rss.anon_growth_mb
 
 
-async def _pull(service: Service, row: Row, upstream: DockerRegistry) -> None:
+async def _pull(service: Service, row: Row, upstream: DockerRegistry) -> tuple[float, RssSampler]:
+    """MB/s of one Pull into the service's empty store, and its RSS samples."""
     await _idle_baseline(service)
     request = registry_pb2.PullRequest(reference=f"{upstream.host}/{row.tag}")
     async with RssSampler(service.pid) as rss:
@@ -230,9 +247,16 @@ async def _pull(service: Service, row: Row, upstream: DockerRegistry) -> None:
         elapsed = time.perf_counter() - start
     if sum(layer.size for layer in model.layers) != row.layer_bytes:
         raise RuntimeError(f"pulled {row.tag} has other layers than the one pushed")
-    row.pull_mbps.append(row.layer_bytes / elapsed / _MB)
-    row.pull_rss_mb.append(rss.growth_mb)
-    row.pull_anon_mb.append(rss.anon_growth_mb)
+    return row.layer_bytes / elapsed / _MB, rss
+
+
+async def _pull_round(
+    row: Row, upstream: DockerRegistry, store: Path, logs: Path, root: Path
+) -> tuple[float, RssSampler]:
+    async with registry_service(store, logs, root) as service:
+        result = await _pull(service, row, upstream)
+    await asyncio.to_thread(shutil.rmtree, store)
+    return result
 
 
 async def _curl(row: Row, upstream: DockerRegistry, output: Path) -> float:
@@ -255,6 +279,47 @@ async def _curl(row: Row, upstream: DockerRegistry, output: Path) -> float:
     if process.returncode != 0:
         raise RuntimeError(f"curl {url} failed with {process.returncode}")
     return float(stdout) / _MB
+
+
+async def _curl_verified(row: Row, upstream: DockerRegistry, output: Path) -> float:
+    """MB/s of `curl URL | tee FILE | sha256sum`, timed end to end; the hash must match."""
+    repository = row.tag.partition(":")[0]
+    url = f"http://{upstream.host}/v2/{repository}/blobs/{row.blob_digest}"
+    start = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-o",
+        "pipefail",
+        "-c",
+        'curl -sf --max-time "$1" "$2" | tee "$3" | sha256sum',
+        "curl-verified",
+        str(_CURL_TIMEOUT),
+        url,
+        str(output),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await process.communicate()
+    elapsed = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"curl {url} | tee | sha256sum failed with {process.returncode}")
+    if "sha256:" + stdout.split()[0].decode() != row.blob_digest:
+        raise RuntimeError(f"curl {url} | sha256sum: not {row.blob_digest}")
+    return row.layer_bytes / elapsed / _MB
+
+
+def _hash_write_fsync(source: Path, output: Path, chunk_bytes: int = 4 * _MIB) -> float:
+    """MB/s of hashing and writing `source` into `output`, then fsync: no network at all."""
+    hasher = hashlib.sha256()
+    buffer = bytearray(chunk_bytes)
+    view = memoryview(buffer)
+    start = time.perf_counter()
+    with source.open("rb", buffering=0) as reader, output.open("wb", buffering=0) as writer:
+        while count := reader.readinto(buffer):
+            hasher.update(view[:count])
+            writer.write(view[:count])
+        os.fsync(writer.fileno())
+    elapsed = time.perf_counter() - start
+    return source.stat().st_size / elapsed / _MB
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
@@ -285,17 +350,34 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
         for row, _ in rows:
             for round_number in range(args.rounds):
                 store = tmp / f"pull-store-{round_number}"
-                async with registry_service(store, logs) as service:
-                    await _pull(service, row, upstream)
-                await asyncio.to_thread(shutil.rmtree, store)
+                mbps, rss = await _pull_round(row, upstream, store, logs, _REPO)
+                row.pull_mbps.append(mbps)
+                row.pull_rss_mb.append(rss.growth_mb)
+                row.pull_anon_mb.append(rss.anon_growth_mb)
+                if args.baseline_root is not None:
+                    mbps, _ = await _pull_round(row, upstream, store, logs, args.baseline_root)
+                    row.baseline_pull_mbps.append(mbps)
                 row.curl_mbps.append(await _curl(row, upstream, Path(os.devnull)))
                 # The pull stores what it fetches; so does this GET (page cache, no fsync).
                 on_disk = tmp / "curl-blob"
                 row.curl_disk_mbps.append(await _curl(row, upstream, on_disk))
                 await asyncio.to_thread(on_disk.unlink)
+                row.curl_verified_mbps.append(await _curl_verified(row, upstream, on_disk))
+                await asyncio.to_thread(on_disk.unlink)
+                source = upstream.blob_data(row.blob_digest)
+                row.bound_mbps.append(await asyncio.to_thread(_hash_write_fsync, source, on_disk))
+                await asyncio.to_thread(on_disk.unlink)
+                baseline = (
+                    f", baseline tree {row.baseline_pull_mbps[-1]:.1f}"
+                    if row.baseline_pull_mbps
+                    else ""
+                )
                 print(
-                    f"{row.tag} round {round_number + 1}: pull {row.pull_mbps[-1]:.1f} MB/s, "
-                    f"curl {row.curl_mbps[-1]:.1f} MB/s (to disk {row.curl_disk_mbps[-1]:.1f}), pull RSS +{row.pull_rss_mb[-1]:.1f} MB",
+                    f"{row.tag} round {round_number + 1}: pull {row.pull_mbps[-1]:.1f} MB/s"
+                    f"{baseline}, curl {row.curl_mbps[-1]:.1f} (to file "
+                    f"{row.curl_disk_mbps[-1]:.1f}, | tee | sha256sum "
+                    f"{row.curl_verified_mbps[-1]:.1f}), hash+write+fsync "
+                    f"{row.bound_mbps[-1]:.1f}, pull RSS +{row.pull_rss_mb[-1]:.1f} MB",
                     file=sys.stderr,
                 )
     return [row for row, _ in rows]
@@ -303,24 +385,32 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
 
 def print_table(rows: list[Row], rounds: int) -> None:
     print(
-        f"\nPull and curl: median of {rounds} alternating rounds; pull RSS growth: worst round; "
-        "push: one round into an empty registry. MB = 10^6 bytes.\n"
+        f"\nPull and the baselines: median of {rounds} alternating rounds; pull RSS growth: worst "
+        "round; push: one round into an empty registry. MB = 10^6 bytes.\n"
     )
+    baseline = any(row.baseline_pull_mbps for row in rows)
     print(
-        "| object | pull MB/s | curl MB/s | ratio | curl to disk MB/s | ratio to disk | "
+        "| object | pull MB/s | "
+        + ("baseline tree pull MB/s | " if baseline else "")
+        + "curl → /dev/null MB/s | ratio | curl → file MB/s | ratio | "
+        "curl \\| tee \\| sha256sum MB/s | ratio | hash+write+fsync MB/s | ratio | "
         "pull RSS growth (MB) | push MB/s | push RSS growth (MB) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|" + ("---:|" if baseline else "") + "---:|" * 11)
     for row in rows:
         pull = statistics.median(row.pull_mbps)
-        curl = statistics.median(row.curl_mbps)
-        disk = statistics.median(row.curl_disk_mbps)
-        print(
-            f"| {row.name} | {pull:.1f} | {curl:.1f} | {pull / curl:.2f} | "
-            f"{disk:.1f} | {pull / disk:.2f} | "
-            f"{max(row.pull_rss_mb):.1f} (anon {max(row.pull_anon_mb):.1f}) | "
-            f"{row.push_mbps:.1f} | {row.push_rss_mb:.1f} (anon {row.push_anon_mb:.1f}) |"
-        )
+        cells = [row.name, f"{pull:.1f}"]
+        if baseline:
+            cells.append(f"{statistics.median(row.baseline_pull_mbps):.1f}")
+        for samples in (row.curl_mbps, row.curl_disk_mbps, row.curl_verified_mbps, row.bound_mbps):
+            reference = statistics.median(samples)
+            cells += [f"{reference:.1f}", f"{pull / reference:.2f}"]
+        cells += [
+            f"{max(row.pull_rss_mb):.1f} (anon {max(row.pull_anon_mb):.1f})",
+            f"{row.push_mbps:.1f}",
+            f"{row.push_rss_mb:.1f} (anon {row.push_anon_mb:.1f})",
+        ]
+        print("| " + " | ".join(cells) + " |")
 
 
 async def main() -> None:
@@ -331,6 +421,12 @@ async def main() -> None:
     parser.add_argument("--synthetic-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3, help="alternating pull/curl rounds")
     parser.add_argument("--work-dir", type=Path, default=None, help="parent of the temp dir")
+    parser.add_argument(
+        "--baseline-root",
+        type=Path,
+        default=None,
+        help="a copy of the repository whose registry service also pulls, each round",
+    )
     parser.add_argument("--time-limit", type=float, default=900.0, help="seconds for the run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="registry-bench-", dir=args.work_dir) as tmp:

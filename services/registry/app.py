@@ -16,7 +16,7 @@ from services.registry.pull import Puller
 from services.registry.push import Pusher
 from services.registry.remote_inspect import RemoteInspector
 from services.registry.server import SERVICE_NAME, RegistryServicer
-from services.registry.transfer import BlobDownloader
+from services.registry.transfer import BlobClient, BlobDownloader
 from services.registry.upload import Uploader
 
 __all__ = ["RegistryApp", "build_registry", "remote_http_client"]
@@ -28,9 +28,14 @@ class RegistryApp:
     store: ModelStore
     # For upstream registries (pull, push); closed by `close()` after the server stopped.
     http: httpx.AsyncClient
+    # For blob downloads from upstream registries; closed with `http`.
+    blob_client: BlobClient
 
     async def close(self) -> None:
-        await self.http.aclose()
+        try:
+            await self.http.aclose()
+        finally:
+            await self.blob_client.close()
 
 
 def remote_http_client(settings: RemoteSettings) -> httpx.AsyncClient:
@@ -67,9 +72,10 @@ async def build_registry(settings: RegistrySettings, *, clock: Clock) -> Registr
     await uploader.initialize()
     remote = settings.remote
     http = remote_http_client(remote)
+    blob_client = BlobClient.create(remote)
     puller = Puller(
         store,
-        BlobDownloader(store.blobs, remote),
+        BlobDownloader(store.blobs, remote, blob_client),
         http,
         remote,
         clock=clock,
@@ -92,4 +98,4 @@ async def build_registry(settings: RegistrySettings, *, clock: Clock) -> Registr
         ),
         server.server,
     )
-    return RegistryApp(server=server, store=store, http=http)
+    return RegistryApp(server=server, store=store, http=http, blob_client=blob_client)

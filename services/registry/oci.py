@@ -9,13 +9,17 @@ Basic credential encoding and the manifest media types.
 
 A `RepositorySession` talks to one repository with one set of credentials and caches the
 Authorization it earned (Basic, or a Bearer token from the challenge's realm); `auth_headers()`
-hands it to the blob transfers in transfer.py and push.py, so auth logic lives only here.
+hands it to the blob transfers in transfer.py and push.py, and `authenticate()` answers a 401's
+`WWW-Authenticate` header whichever client got it, so auth logic lives only here. Blob downloads
+use their own HTTP client (transfer.py); `ConnectionFailure` is how it reports network failures
+so that they are retried and mapped like httpx's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -41,10 +45,13 @@ from services.registry.errors import (
 __all__ = [
     "MANIFEST_ACCEPT",
     "Challenge",
+    "ConnectionFailure",
     "Endpoint",
     "RemoteManifest",
     "RepositorySession",
     "TransientStatus",
+    "check_status",
+    "error_detail",
     "parse_challenge",
     "pull_endpoints",
     "raise_for_status",
@@ -123,21 +130,35 @@ class TransientStatus(Exception):
         super().__init__(message)
 
 
-def _error_detail(response: httpx.Response) -> str:
+class ConnectionFailure(Exception):
+    """A network failure (refused, reset, timed out, cut mid-body) seen by an HTTP client other
+    than httpx; retried like httpx.TransportError, then RegistryUnavailable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+def error_detail(body: bytes, fallback: str) -> str:
+    """The first OCI error of an error body (`CODE: message`), else `fallback`."""
     try:
-        errors = response.json().get("errors") or []
+        errors = json.loads(body).get("errors") or []
         first = errors[0]
         return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
     except Exception:  # the body is the registry's; any shape is possible
-        return response.reason_phrase or str(response.status_code)
+        return fallback
 
 
 def raise_for_status(response: httpx.Response, what: str) -> None:
     """Map an unsuccessful answer to the registry's error tree (OCI codes in the message)."""
-    status = response.status_code
+    if response.status_code >= 400:
+        fallback = response.reason_phrase or str(response.status_code)
+        check_status(response.status_code, what, error_detail(response.content, fallback))
+
+
+def check_status(status: int, what: str, detail: str) -> None:
+    """`raise_for_status` for any client: the status and the error body's `detail`."""
     if status < 400:
         return
-    detail = _error_detail(response)
     if status == 404:
         raise RemoteNotFound(f"{what} not found: {detail}")
     if status in (401, 403):
@@ -152,7 +173,9 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
 def retrying(settings: RemoteSettings) -> tenacity.AsyncRetrying:
     """Bounded retries with exponential backoff and jitter, for transient failures only."""
     return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception_type((httpx.TransportError, TransientStatus)),
+        retry=tenacity.retry_if_exception_type(
+            (httpx.TransportError, ConnectionFailure, TransientStatus)
+        ),
         stop=tenacity.stop_after_attempt(settings.attempts),
         wait=tenacity.wait_exponential_jitter(
             multiplier=settings.retry_initial_wait,
@@ -172,6 +195,8 @@ async def unavailable_on_transport(endpoint: Endpoint) -> AsyncIterator[None]:
         raise RegistryUnavailable(
             f"registry {endpoint.registry} is unreachable: {type(exc).__name__}: {exc}"
         ) from exc
+    except ConnectionFailure as exc:
+        raise RegistryUnavailable(f"registry {endpoint.registry} is unreachable: {exc}") from exc
     except TransientStatus as exc:
         raise RegistryUnavailable(str(exc)) from exc
 
@@ -217,9 +242,9 @@ class RepositorySession:
         """The Authorization this session has earned so far (empty before any challenge)."""
         return {"Authorization": self._authorization} if self._authorization else {}
 
-    async def authenticate(self, response: httpx.Response) -> None:
-        """Answer a 401's challenge; raises Unauthenticated when nothing more can be tried."""
-        header = response.headers.get("WWW-Authenticate", "")
+    async def authenticate(self, header: str) -> None:
+        """Answer a 401's `WWW-Authenticate` challenge (`header`, possibly empty); raises
+        Unauthenticated when nothing more can be tried."""
         if not header:
             raise Unauthenticated(f"{self.endpoint.registry} refused access with no challenge")
         challenge = parse_challenge(header)
@@ -303,7 +328,7 @@ class RepositorySession:
             )
             if response.status_code != 401:
                 return response
-            await self.authenticate(response)
+            await self.authenticate(response.headers.get("WWW-Authenticate", ""))
         return response
 
     async def get_manifest(self, reference: str, *, max_bytes: int) -> RemoteManifest:
@@ -372,7 +397,11 @@ class RepositorySession:
 
     @contextlib.asynccontextmanager
     async def open_blob(self, digest: str, offset: int) -> AsyncIterator[httpx.Response]:
-        """A streamed GET from `offset` (Range); the caller retries and checks 200 vs 206."""
+        """A streamed GET from `offset` (Range); the caller retries and checks 200 vs 206.
+
+        For small blobs read whole (configs); the store's downloads go through transfer.py's
+        BlobClient, which streams large bodies at a fraction of httpx's CPU cost.
+        """
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         url = self.url(f"blobs/{digest}")
         for _ in range(2):
@@ -382,7 +411,7 @@ class RepositorySession:
             response = await self._http.send(request, stream=True)
             try:
                 if response.status_code == 401:
-                    await self.authenticate(response)
+                    await self.authenticate(response.headers.get("WWW-Authenticate", ""))
                     continue
                 if response.status_code == 416:
                     raise RemoteProtocolError(f"blob {digest}: range {offset}- not satisfiable")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 
 from services.common.clock import SystemClock
 from services.common.env import SettingError
@@ -49,6 +52,7 @@ from services.registry.store.manifests import (
 from services.registry.transfer import BlobDownloader
 
 from .conftest import TinyFactory, open_store
+from .upstream import port_of, refused_port, serve
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -415,35 +419,45 @@ async def test_mirror_sessions_get_their_own_credentials_never_the_requests(
 
 
 class MirroredRegistry:
-    """Serves one stored model from `serving` hosts; other hosts are down, 404 or 503."""
+    """Serves one stored model from the `serving` hosts; `missing*` hosts answer 404, `broken*`
+    ones 503, and `down*` ones refuse connections (no server at all)."""
 
     def __init__(self, source: ModelStore, manifest_digest: str, serving: set[str]) -> None:
         self.source = source
         self.manifest_digest = manifest_digest
         self.serving = serving
+        self.names: dict[int, str] = {}
         self.hosts: list[str] = []
         self.blob_hosts: list[str] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
+    async def __call__(self, request: web.Request) -> web.Response:
+        host = self.names[port_of(request)]
         self.hosts.append(host)
-        if host.startswith("down"):
-            raise httpx.ConnectError("connection refused", request=request)
         if host.startswith("broken"):
-            return httpx.Response(503)
-        path = request.url.path
+            return web.Response(status=503)
+        path = request.path
         if host not in self.serving or not path.startswith("/v2/ai/tiny/"):
-            return httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN"}]})
+            return web.json_response({"errors": [{"code": "MANIFEST_UNKNOWN"}]}, status=404)
         if path.endswith("/manifests/v1"):
             data = self.source.blobs.path(self.manifest_digest).read_bytes()
-            return httpx.Response(
-                200,
-                content=data,
-                headers={"Content-Type": MEDIA_TYPE_MANIFEST},
-            )
+            return web.Response(body=data, headers={"Content-Type": MEDIA_TYPE_MANIFEST})
         self.blob_hosts.append(host)
         digest = path.rpartition("/")[2]
-        return httpx.Response(200, content=self.source.blobs.path(digest).read_bytes())
+        return web.Response(body=self.source.blobs.path(digest).read_bytes())
+
+    @contextlib.asynccontextmanager
+    async def hosts_named(self, *names: str) -> AsyncIterator[dict[str, str]]:
+        """`host:port` on loopback for each name: a server port, or a refusing one for `down*`."""
+        up = [name for name in names if not name.startswith("down")]
+        down = [name for name in names if name.startswith("down")]
+        with contextlib.ExitStack() as refusing:
+            addresses = {
+                name: f"127.0.0.1:{refusing.enter_context(refused_port())}" for name in down
+            }
+            async with serve(self, ports=len(up)) as ports:
+                self.names = dict(zip(ports, up, strict=True))
+                addresses.update({name: f"127.0.0.1:{port}" for port, name in self.names.items()})
+                yield addresses
 
 
 @pytest.mark.parametrize(
@@ -463,23 +477,26 @@ async def test_pull_falls_back_through_mirrors_in_order(
     packager: Packager,
     tiny_gguf: TinyFactory,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
     mirrors: tuple[str, ...],
     serving: set[str],
     expected: list[str],
 ) -> None:
     model = await packager.package(PackageSpec(gguf_path=str(tiny_gguf()), tag="ai/tiny:v1"))
     upstream = MirroredRegistry(store, model.id, serving)
-    settings = RemoteSettings(
-        default_registry="registry.lan",
-        registry_mirrors=mirrors,
-        insecure_all=True,
-        attempts=2,
-        retry_initial_wait=0.0,
-        retry_max_wait=0.0,
-        docker_config_path=tmp_path / "none.json",
-    )
     target = await open_store(tmp_path / "target")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
+    async with (
+        upstream.hosts_named(*mirrors, "registry.lan") as address,
+        httpx.AsyncClient() as http,
+    ):
+        settings = RemoteSettings(
+            default_registry=address["registry.lan"],
+            registry_mirrors=tuple(address[name] for name in mirrors),
+            attempts=2,
+            retry_initial_wait=0.0,
+            retry_max_wait=0.0,
+            docker_config_path=tmp_path / "none.json",
+        )
         puller = Puller(
             target,
             BlobDownloader(target.blobs, settings),
@@ -492,9 +509,18 @@ async def test_pull_falls_back_through_mirrors_in_order(
     assert events[-1].model is not None
     assert events[-1].model.id == model.id
     assert events[-1].model.tags == ("ai/tiny:v1",)
-    assert list(dict.fromkeys(upstream.hosts)) == expected
+    answered = [name for name in expected if not name.startswith("down")]
+    assert list(dict.fromkeys(upstream.hosts)) == answered
+    skipped = [
+        name
+        for name in mirrors
+        for record in caplog.records
+        if record.getMessage().startswith(f"mirror {address[name]} failed")
+    ]
+    assert skipped == expected[:-1]
     # Transient failures are retried on the mirror before moving on; a 404 is not.
     assert upstream.hosts.count("missing.lan") == (1 if "missing.lan" in expected else 0)
+    assert upstream.hosts.count("broken.lan") == (2 if "broken.lan" in expected else 0)
     assert set(upstream.blob_hosts) == {expected[-1]}
 
 
@@ -503,13 +529,16 @@ async def test_a_mirror_is_never_used_for_other_registries_and_the_last_error_is
 ) -> None:
     model = await packager.package(PackageSpec(gguf_path=str(tiny_gguf()), tag="ai/tiny:v1"))
     upstream = MirroredRegistry(store, model.id, {"good.lan"})
-    settings = RemoteSettings(
-        registry_mirrors=("good.lan",),
-        attempts=1,
-        docker_config_path=tmp_path / "none.json",
-    )
     target = await open_store(tmp_path / "target")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
+    async with (
+        upstream.hosts_named("good.lan", "missing.lan") as address,
+        httpx.AsyncClient() as http,
+    ):
+        settings = RemoteSettings(
+            registry_mirrors=(address["good.lan"],),
+            attempts=1,
+            docker_config_path=tmp_path / "none.json",
+        )
         puller = Puller(
             target,
             BlobDownloader(target.blobs, settings),
@@ -519,8 +548,10 @@ async def test_a_mirror_is_never_used_for_other_registries_and_the_last_error_is
             max_metadata_bytes=1 << 20,
         )
         with pytest.raises(RemoteNotFound):
-            _ = [event async for event in puller.pull("missing.lan/ai/tiny:v1", Credentials())]
+            missing = f"{address['missing.lan']}/ai/tiny:v1"
+            _ = [event async for event in puller.pull(missing, Credentials())]
         assert upstream.hosts == ["missing.lan"]
+        # Docker Hub's reference: the mirror serves it, the upstream is never asked.
         events = [event async for event in puller.pull("ai/tiny:v1", Credentials())]
     assert events[-1].model is not None
     assert events[-1].model.tags == ("ai/tiny:v1",)
