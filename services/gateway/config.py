@@ -54,6 +54,10 @@ class GatewaySettings:
     # One worker's ScrapeMetrics call for `GET /metrics`; above WORKER_METRICS_TIMEOUT so a worker
     # can still answer for its other runners when one of them stalls.
     metrics_timeout: float = 10.0
+    # Responses API store (openai/responses_store.py): at most this many responses (0: none) ...
+    responses_max_stored: int = 1000
+    # ... and this many bytes of them (each counts its response, input and conversation).
+    responses_max_stored_bytes: int = 64 * _MIB
     # Routing hints sent with every Assign (services/gateway/hints.py): a completions prompt is
     # hashed in chunks of this many characters (only full chunks) ...
     prefix_chunk_chars: int = 256
@@ -94,6 +98,12 @@ class GatewaySettings:
             retry_after=env_duration(env, "GATEWAY_RETRY_AFTER", defaults.retry_after),
             worker_channels=env_int(env, "GATEWAY_WORKER_CHANNELS", defaults.worker_channels),
             max_concurrency=env_int(env, "GATEWAY_MAX_CONCURRENCY", defaults.max_concurrency),
+            responses_max_stored=env_int(
+                env, "GATEWAY_RESPONSES_MAX_STORED", defaults.responses_max_stored
+            ),
+            responses_max_stored_bytes=env_int(
+                env, "GATEWAY_RESPONSES_MAX_STORED_BYTES", defaults.responses_max_stored_bytes
+            ),
             keep_alive_timeout=env_duration(
                 env, "GATEWAY_KEEP_ALIVE_TIMEOUT", defaults.keep_alive_timeout
             ),
@@ -133,6 +143,7 @@ class GatewaySettings:
             "GATEWAY_KEEP_ALIVE_TIMEOUT": self.keep_alive_timeout,
             "GATEWAY_METRICS_TIMEOUT": self.metrics_timeout,
             "GATEWAY_PREFIX_CHUNK_CHARS": self.prefix_chunk_chars,
+            "GATEWAY_RESPONSES_MAX_STORED_BYTES": self.responses_max_stored_bytes,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -142,6 +153,7 @@ class GatewaySettings:
             "GATEWAY_RETRY_AFTER": self.retry_after,
             "GATEWAY_SHUTDOWN_GRACE": self.shutdown_grace,
             "GATEWAY_MAX_PREFIX_HASHES": self.max_prefix_hashes,
+            "GATEWAY_RESPONSES_MAX_STORED": self.responses_max_stored,
         }
         for name, value in non_negative.items():
             if value < 0:

@@ -2,13 +2,16 @@
 
 Request and response bodies are llama-server's own OpenAI dialect, so nothing is translated: the
 handler reads the body, learns `model` and `stream`, computes the routing hints from the same
-parse (hints.py), and hands the original bytes to the hot path.
+parse (hints.py), and hands the original bytes to the hot path. The one exception is a chat body
+whose `tool_choice` is an object, which llama-server would silently read as "auto": it is
+rewritten into the equivalent narrowed tools + "required" (tool_choice.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +23,7 @@ from services.gateway.context import GatewayContext
 from services.gateway.hints import routing_hints
 from services.gateway.inference import InferenceRequest, parse_envelope, request_id_from
 from services.gateway.models_view import BACKEND_NAME, openai_model, openai_model_list
+from services.gateway.openai.tool_choice import rewrite_chat_tool_choice
 from services.gateway.relay import InferenceResponse
 from services.gateway.responses import error_response, json_response
 
@@ -50,7 +54,12 @@ def build_router(context: GatewayContext) -> APIRouter:
             try:
                 body = await read_body(request, context.settings.max_body_bytes)
                 envelope = parse_envelope(body)
-                hints = routing_hints(request.headers, envelope.payload, endpoint, context.settings)
+                payload = envelope.payload
+                if endpoint == common_pb2.ENDPOINT_KIND_CHAT_COMPLETIONS:
+                    rewritten = rewrite_chat_tool_choice(payload)
+                    if rewritten is not None:
+                        payload, body = rewritten, orjson.dumps(rewritten)
+                hints = routing_hints(request.headers, payload, endpoint, context.settings)
             except errors.GatewayError as err:
                 return error_response(err, request_id)
             inference_request = InferenceRequest(
