@@ -12,6 +12,7 @@ from pathlib import Path
 
 __all__ = [
     "SettingError",
+    "env_address",
     "env_bool",
     "env_duration",
     "env_float",
@@ -20,6 +21,7 @@ __all__ = [
     "env_str",
     "env_tags",
     "parse_duration",
+    "parse_host_port",
 ]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -123,3 +125,28 @@ def env_tags(env: Mapping[str, str], name: str) -> dict[str, str]:
             raise SettingError(f"{name}: empty tag name in {item!r}")
         tags[key] = value.strip() if sep else "true"
     return tags
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """("127.0.0.1", 9091) from "127.0.0.1:9091"; "[::1]:9091" for IPv6; port 0 picks a free one."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def env_address(env: Mapping[str, str], name: str, default: str) -> str | None:
+    """A host:port to listen on; None when the variable is set to "" or "0" (disabled)."""
+    if name not in env:
+        raw = default
+    else:
+        raw = env[name].strip()
+        if raw in ("", "0"):
+            return None
+    try:
+        parse_host_port(raw)
+    except ValueError as exc:
+        raise SettingError(f"{name}: {exc}; use host:port, or 0 to disable") from exc
+    return raw

@@ -1,9 +1,10 @@
 """The one way every service runs its grpc.aio server.
 
-Each server gets the standard health service (so readiness is polled, never slept on) and server
-reflection (so `grpcurl` works). Shutdown on SIGTERM/SIGINT: health flips to NOT_SERVING, the
-server stops accepting calls and gives in-flight ones `grace` seconds, then the service's own
-cleanup runs.
+Each server gets the standard health service (so readiness is polled, never slept on), server
+reflection (so `grpcurl` works) and the request-id interceptor first in its chain (so handlers
+log, and call out, under the caller's `x-request-id`). Shutdown on SIGTERM/SIGINT: health flips
+to NOT_SERVING, the server stops accepting calls and gives in-flight ones `grace` seconds, then
+the service's own cleanup runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from services.common.request_id import RequestIdServerInterceptor
 
 __all__ = ["GrpcServer", "channel_options", "run_until_signalled", "server_options"]
 
@@ -64,7 +67,9 @@ class GrpcServer:
     ) -> None:
         self._address = address
         self._service_names = tuple(service_names)
-        self.server = grpc.aio.server(interceptors=interceptors, options=server_options())
+        self.server = grpc.aio.server(
+            interceptors=(RequestIdServerInterceptor(), *interceptors), options=server_options()
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         reflection.enable_server_reflection(

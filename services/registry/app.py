@@ -10,6 +10,7 @@ from modelrunner.v1 import registry_pb2_grpc
 from services.common.clock import Clock
 from services.common.grpc_server import GrpcServer
 from services.registry.config import RegistrySettings, RemoteSettings
+from services.registry.metrics import RegistryMetrics
 from services.registry.model_store import ModelStore
 from services.registry.packaging import Packager
 from services.registry.pull import Puller
@@ -55,8 +56,12 @@ def remote_http_client(settings: RemoteSettings) -> httpx.AsyncClient:
     )
 
 
-async def build_registry(settings: RegistrySettings, *, clock: Clock) -> RegistryApp:
-    """Open (creating if needed) the store and attach the servicer to an unstarted server."""
+async def build_registry(
+    settings: RegistrySettings, *, clock: Clock, metrics: RegistryMetrics | None = None
+) -> RegistryApp:
+    """Open (creating if needed) the store and attach the servicer to an unstarted server;
+    transfers and packaging are counted in `metrics` (a private registry's when None)."""
+    metrics = metrics if metrics is not None else RegistryMetrics()
     store = ModelStore.open(
         settings.models_path,
         io_chunk_bytes=settings.io_chunk_bytes,
@@ -67,8 +72,11 @@ async def build_registry(settings: RegistrySettings, *, clock: Clock) -> Registr
         store,
         allowed_dirs=settings.package_allowed_dirs,
         max_text_file_bytes=settings.max_text_file_bytes,
+        metrics=metrics,
     )
-    uploader = Uploader(settings.models_path, packager, max_upload_bytes=settings.max_upload_bytes)
+    uploader = Uploader(
+        settings.models_path, packager, max_upload_bytes=settings.max_upload_bytes, metrics=metrics
+    )
     await uploader.initialize()
     remote = settings.remote
     http = remote_http_client(remote)
@@ -80,9 +88,15 @@ async def build_registry(settings: RegistrySettings, *, clock: Clock) -> Registr
         remote,
         clock=clock,
         max_metadata_bytes=settings.max_metadata_bytes,
+        metrics=metrics,
     )
     pusher = Pusher(
-        store, http, remote, clock=clock, max_metadata_bytes=settings.max_metadata_bytes
+        store,
+        http,
+        remote,
+        clock=clock,
+        max_metadata_bytes=settings.max_metadata_bytes,
+        metrics=metrics,
     )
     inspector = RemoteInspector(http, remote, max_metadata_bytes=settings.max_metadata_bytes)
     server = GrpcServer(settings.listen_address, [SERVICE_NAME])

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from services.common.env import (
     SettingError,
+    env_address,
     env_duration,
     env_int,
     env_path,
     env_str,
 )
+from services.common.logs import LogFormat, parse_log_format
 from services.common.reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
 
 __all__ = ["RegistrySettings", "RemoteSettings"]
@@ -197,6 +199,11 @@ class RegistrySettings:
     # Directories Package may read from; empty means any path the registry can read.
     package_allowed_dirs: tuple[Path, ...] = ()
     log_level: str = "INFO"
+    log_format: LogFormat = "json"
+    # Prometheus endpoint (GET /metrics); None: off.
+    metrics_address: str | None = "127.0.0.1:9091"
+    # Scrapes within this many seconds of the last walk of the store reuse its figures.
+    metrics_store_interval: float = 30.0
     remote: RemoteSettings = field(default_factory=RemoteSettings)
 
     @classmethod
@@ -222,6 +229,11 @@ class RegistrySettings:
             max_upload_bytes=env_int(env, "REGISTRY_MAX_UPLOAD_BYTES", defaults.max_upload_bytes),
             package_allowed_dirs=_dirs(env.get("REGISTRY_PACKAGE_ALLOWED_DIRS", "")),
             log_level=env_str(env, "LOG_LEVEL", defaults.log_level),
+            log_format=parse_log_format(env_str(env, "LOG_FORMAT", defaults.log_format)),
+            metrics_address=env_address(env, "REGISTRY_METRICS_ADDRESS", "127.0.0.1:9091"),
+            metrics_store_interval=env_duration(
+                env, "REGISTRY_METRICS_STORE_INTERVAL", defaults.metrics_store_interval
+            ),
             remote=RemoteSettings.from_env(env),
         )
         settings.validate()
@@ -241,6 +253,8 @@ class RegistrySettings:
                 raise SettingError(f"{name} must be positive, got {value}")
         if self.shutdown_grace < 0:
             raise SettingError("REGISTRY_SHUTDOWN_GRACE must not be negative")
+        if self.metrics_store_interval < 0:
+            raise SettingError("REGISTRY_METRICS_STORE_INTERVAL must not be negative")
 
 
 def _dirs(raw: str) -> tuple[Path, ...]:

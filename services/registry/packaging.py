@@ -35,6 +35,7 @@ from services.registry.errors import (
     SourceFileNotFound,
 )
 from services.registry.gguf_metadata import GGUFInfo, has_gguf_magic, read_gguf_info
+from services.registry.metrics import RegistryMetrics
 from services.registry.model_store import Model, ModelStore
 from services.registry.store.manifests import (
     ANNOTATION_FILE_METADATA,
@@ -100,12 +101,18 @@ class Packager:
         *,
         allowed_dirs: Sequence[Path] = (),
         max_text_file_bytes: int,
+        metrics: RegistryMetrics | None = None,
     ) -> None:
         self._store = store
         self._allowed_dirs = tuple(allowed_dirs)
         self._max_text_file_bytes = max_text_file_bytes
+        self._metrics = metrics if metrics is not None else RegistryMetrics()
 
     async def package(self, spec: PackageSpec) -> Model:
+        with self._metrics.packaging("path"):
+            return await self._package(spec)
+
+    async def _package(self, spec: PackageSpec) -> Model:
         tag = self.check_request(spec.tag, spec.context_size)
         sources = [await asyncio.to_thread(self._check_gguf, spec.gguf_path)]
         if spec.license_path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -41,6 +41,7 @@ from services.registry.errors import (
     StoreCorrupt,
     UnsupportedMediaType,
 )
+from services.registry.metrics import RegistryMetrics
 from services.registry.model_store import ModelStore
 from services.registry.oci import (
     Endpoint,
@@ -240,15 +241,22 @@ class Puller:
         *,
         clock: Clock,
         max_metadata_bytes: int,
+        metrics: RegistryMetrics | None = None,
     ) -> None:
         self._store = store
         self._downloader = downloader
+        self._metrics = metrics if metrics is not None else RegistryMetrics()
         self._http = http
         self._settings = settings
         self._clock = clock
         self._max_metadata_bytes = max_metadata_bytes
 
-    async def pull(self, reference: str, credentials: Credentials) -> AsyncIterator[TransferEvent]:
+    def pull(self, reference: str, credentials: Credentials) -> AsyncIterator[TransferEvent]:
+        return self._metrics.metered("pull", self._pull(reference, credentials), self._clock)
+
+    async def _pull(
+        self, reference: str, credentials: Credentials
+    ) -> AsyncGenerator[TransferEvent, None]:
         plan = await self._prepare(reference, credentials)
         tags = (
             ()
@@ -307,6 +315,7 @@ class Puller:
         queue: asyncio.Queue[TransferEvent],
     ) -> None:
         limit = asyncio.Semaphore(self._settings.pull_concurrency)
+        downloads = self._metrics.downloads
 
         async def one(layer: Descriptor) -> None:
             throttle = Throttle(
@@ -317,11 +326,13 @@ class Puller:
             )
 
             async def sink(digest: str, current: int) -> None:
+                downloads.report(digest, current)
                 if throttle.should_emit(current):
                     await queue.put(progress_event(layer, current, total, "pull"))
 
             async with limit:
-                await self._downloader.fetch(session, layer, sink)
+                with downloads.watching(layer.digest):
+                    await self._downloader.fetch(session, layer, sink)
 
         tasks = [asyncio.create_task(one(layer)) for layer in layers]
         try:

@@ -10,7 +10,7 @@ so the registry never holds a tag that points at missing blobs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 
@@ -19,6 +19,7 @@ from services.common.reference import is_model_id
 from services.registry.config import RemoteSettings
 from services.registry.credentials import Credentials
 from services.registry.errors import InvalidArgument
+from services.registry.metrics import RegistryMetrics
 from services.registry.model_store import Model, ModelStore
 from services.registry.oci import RepositorySession
 from services.registry.progress import (
@@ -43,16 +44,25 @@ class Pusher:
         *,
         clock: Clock,
         max_metadata_bytes: int,
+        metrics: RegistryMetrics | None = None,
     ) -> None:
         self._store = store
         self._http = http
+        self._metrics = metrics if metrics is not None else RegistryMetrics()
         self._settings = settings
         self._clock = clock
         self._max_metadata_bytes = max_metadata_bytes
 
-    async def push(
+    def push(
         self, reference: str, target: str, credentials: Credentials
     ) -> AsyncIterator[TransferEvent]:
+        return self._metrics.metered(
+            "push", self._push(reference, target, credentials), self._clock
+        )
+
+    async def _push(
+        self, reference: str, target: str, credentials: Credentials
+    ) -> AsyncGenerator[TransferEvent, None]:
         destination = target.strip() or reference.strip()
         if is_model_id(destination):
             raise InvalidArgument(f"push needs a target reference, not the id {destination!r}")
@@ -142,6 +152,7 @@ class Pusher:
                 done = 0
                 async for data in reader.chunks(chunk_bytes):
                     yield data
+                    self._metrics.pushed(len(data))
                     done += len(data)
                     if report and throttle.should_emit(done):
                         await queue.put(progress_event(blob, done, total, "push"))

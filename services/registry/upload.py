@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from services.registry.errors import InvalidArgument, InvalidModelFile, UploadTooLarge
 from services.registry.gguf_metadata import GGUF_MAGIC
+from services.registry.metrics import RegistryMetrics
 from services.registry.model_store import Model
 from services.registry.packaging import Packager, UploadedFiles
 
@@ -71,16 +72,28 @@ def _hash_and_write(hasher: hashlib._Hash, handle: BinaryIO, data: bytes) -> Non
 
 
 class Uploader:
-    def __init__(self, root: Path, packager: Packager, *, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        packager: Packager,
+        *,
+        max_upload_bytes: int,
+        metrics: RegistryMetrics | None = None,
+    ) -> None:
         self._dir = root / UPLOADS_DIR
         self._packager = packager
         self._max_upload_bytes = max_upload_bytes
+        self._metrics = metrics if metrics is not None else RegistryMetrics()
 
     async def initialize(self) -> None:
         """Drop what uploads interrupted by a crash left behind (no upload survives a restart)."""
         await asyncio.to_thread(shutil.rmtree, self._dir, True)
 
     async def receive(self, header: UploadHeader, chunks: AsyncIterable[bytes]) -> Model:
+        with self._metrics.packaging("upload"):
+            return await self._receive(header, chunks)
+
+    async def _receive(self, header: UploadHeader, chunks: AsyncIterable[bytes]) -> Model:
         # Everything the header can be refused for is checked before a byte is written.
         tag = self._packager.check_request(header.tag, header.context_size)
         name = _gguf_name(header.gguf_name)
@@ -120,6 +133,7 @@ class Uploader:
         try:
             async for data in chunks:
                 size += len(data)
+                self._metrics.uploaded(len(data))
                 if size > self._max_upload_bytes:
                     raise UploadTooLarge(self._max_upload_bytes)
                 if announced and size > announced:

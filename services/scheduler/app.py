@@ -16,6 +16,7 @@ from types import TracebackType
 from services.common.clock import Clock
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.control import ControlPlane
+from services.scheduler.metrics import SchedulerMetrics
 from services.scheduler.model_configs import ConfigStore
 from services.scheduler.resolver import ModelResolver
 from services.scheduler.workers import WorkerClient
@@ -33,6 +34,7 @@ class SchedulerApp:
         resolver: ModelResolver,
         workers: WorkerClient,
         clock: Clock,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -42,6 +44,7 @@ class SchedulerApp:
             workers=workers,
             clock=clock,
             configs=ConfigStore(settings.state_path),
+            metrics=metrics,
         )
         self._stop = asyncio.Event()
         self._background: asyncio.Task[None] | None = None

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from services.common.env import (
     SettingError,
+    env_address,
     env_duration,
     env_float,
     env_int,
     env_path,
     env_str,
 )
+from services.common.logs import LogFormat, parse_log_format
 from services.scheduler.routing import POLICY_NAMES
 
 __all__ = ["SchedulerSettings"]
@@ -48,6 +50,9 @@ class SchedulerSettings:
     resolve_cache_entries: int = 1024
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
+    log_format: LogFormat = "json"
+    # Prometheus endpoint (GET /metrics); None: off.
+    metrics_address: str | None = "127.0.0.1:9092"
     # Per-model configurations (/engines/_configure); None keeps them in memory only.
     state_path: Path | None = field(default_factory=_default_state_path)
     # Tokens of context per slot when neither the configuration nor the package says; a model
@@ -98,6 +103,8 @@ class SchedulerSettings:
             ),
             shutdown_grace=env_duration(env, "SCHEDULER_SHUTDOWN_GRACE", cls.shutdown_grace),
             log_level=env_str(env, "LOG_LEVEL", cls.log_level),
+            log_format=parse_log_format(env_str(env, "LOG_FORMAT", cls.log_format)),
+            metrics_address=env_address(env, "SCHEDULER_METRICS_ADDRESS", "127.0.0.1:9092"),
             state_path=_state_path(env),
             default_context_size=env_int(
                 env, "SCHEDULER_DEFAULT_CONTEXT_SIZE", cls.default_context_size

@@ -31,6 +31,7 @@ from services.scheduler.keepalive import Reaper
 from services.scheduler.leases import LeaseTable
 from services.scheduler.loader import Loader, LoadOutcome
 from services.scheduler.membership import Membership
+from services.scheduler.metrics import SchedulerMetrics, UnloadReason
 from services.scheduler.model_configs import (
     ConfigEntry,
     ConfigStore,
@@ -84,8 +85,10 @@ class ControlPlane:
         clock: Clock,
         configs: ConfigStore | None = None,
         policy: RoutingPolicy | None = None,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self.metrics = metrics if metrics is not None else SchedulerMetrics()
         self._resolver = resolver
         self._workers = workers
         self._clock = clock
@@ -111,6 +114,7 @@ class ControlPlane:
             load_timeout=settings.load_timeout,
             rpc_timeout=settings.rpc_timeout,
             on_finished=self._load_finished,
+            metrics=self.metrics,
         )
         # Ollama-style per-request keep-alive, per model (None: never unload); bounded by the
         # models the registry resolves, and dropped when the model leaves every worker.
@@ -125,6 +129,7 @@ class ControlPlane:
             resolver=resolver,
             clock=clock,
             snapshot=self.snapshot,
+            metrics=self.metrics,
         )
         self.reaper = Reaper(
             membership=self.membership,
@@ -132,7 +137,7 @@ class ControlPlane:
             clock=clock,
             keep_alive_for=self.keep_alive_for,
             protected=self.replicas.protected_from_idle_unload,
-            unload=self.loader.unload,
+            unload=lambda runners: self.loader.unload(runners, reason=UnloadReason.IDLE),
         )
 
     def snapshot(self) -> ClusterSnapshot:
@@ -199,6 +204,28 @@ class ControlPlane:
         queue timeout and, while the model loads, by the load timeout. `keep_alive` (seconds;
         negative: never unload) overrides the model's keep-alive from now on, as Ollama's does.
         """
+        with self.metrics.observe_assign(self._clock):
+            return await self._assign(
+                model,
+                affinity_key=affinity_key,
+                prefix_hashes=tuple(prefix_hashes),
+                priority=priority,
+                required_tags=required_tags,
+                keep_alive=keep_alive,
+                timeout=timeout,
+            )
+
+    async def _assign(
+        self,
+        model: str,
+        *,
+        affinity_key: str,
+        prefix_hashes: tuple[int, ...],
+        priority: int,
+        required_tags: Mapping[str, str] | None,
+        keep_alive: float | None,
+        timeout: float | None,
+    ) -> Assignment:
         loop = asyncio.get_running_loop()
         started = loop.time()
         rpc_timeout = self._settings.rpc_timeout
@@ -211,7 +238,7 @@ class ControlPlane:
             self._requested_keep_alive[model_id] = None if keep_alive < 0 else keep_alive
         tags = self.replicas.required_tags(model_id, required_tags)
         request = RouteRequest(
-            model_id=model_id, affinity_key=affinity_key, prefix_hashes=tuple(prefix_hashes)
+            model_id=model_id, affinity_key=affinity_key, prefix_hashes=prefix_hashes
         )
         if self.queue.waiting(model_id) == 0:
             assignment = self._route(resolved, request, tags)
@@ -219,6 +246,7 @@ class ControlPlane:
                 return assignment
         self.replicas.ensure_replica(resolved, tags)
         waiter = self.queue.enqueue(model_id, request, priority, tags)
+        enqueued_at = self._clock.monotonic()
         self._dispatch(model_id)
         wait = self._settings.queue_timeout
         loading = self.loader.busy(model_id)
@@ -243,6 +271,8 @@ class ControlPlane:
         except asyncio.CancelledError:
             self._abandon(waiter)
             raise
+        finally:
+            self.metrics.queue_waited(resolved.reference, self._clock.monotonic() - enqueued_at)
 
     def release(self, lease_id: str, *, runner_failed: bool = False) -> None:
         lease = self.leases.release(lease_id)
@@ -289,7 +319,7 @@ class ControlPlane:
         self.replicas.models[resolved.model_id] = resolved
         _log.info("configured %s: %s", resolved.reference, config)
         if runners:
-            await self.loader.unload(runners)
+            await self.loader.unload(runners, reason=UnloadReason.RECONFIGURED)
         return entry
 
     async def model_configs(self, model: str = "") -> list[ConfigEntry]:
@@ -355,19 +385,21 @@ class ControlPlane:
             and not self.loader.busy(runner.model_id)
             and not self.queue.waiting(runner.model_id)
         ]
-        return await self.loader.unload(targets)
+        return await self.loader.unload(targets, reason=UnloadReason.OPERATOR)
 
     # Maintenance -----------------------------------------------------------------------------
 
     async def sweep(self, now: float) -> None:
         """Forget dead workers (and their leases), and leases never released."""
         dead = self.membership.expire_dead(now)
+        self.metrics.workers_lost(len(dead))
         for spec in dead:
             dropped = self.leases.drop_worker(spec.worker_id)
             if dropped:
                 _log.warning("dropped %d lease(s) of dead worker %s", len(dropped), spec.worker_id)
             await self._discard_address(spec.address)
         expired = self.leases.expire(now)
+        self.metrics.leases_expired(len(expired))
         for lease in expired:
             _log.warning(
                 "lease %s for %s on worker %s expired without a release",

@@ -26,6 +26,7 @@ from services.scheduler.errors import (
     ShuttingDown,
 )
 from services.scheduler.membership import Membership
+from services.scheduler.metrics import SchedulerMetrics, UnloadReason
 from services.scheduler.resolver import ResolvedModel
 from services.scheduler.snapshot import RunnerState, RunnerView, WorkerSpec
 from services.scheduler.workers import LoadOptions, WorkerClient
@@ -61,6 +62,7 @@ class Loader:
         load_timeout: float,
         rpc_timeout: float,
         on_finished: Callable[[LoadOutcome], None] = lambda outcome: None,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._membership = membership
         self._workers = workers
@@ -68,6 +70,7 @@ class Loader:
         self._load_timeout = load_timeout
         self._rpc_timeout = rpc_timeout
         self._on_finished = on_finished
+        self._metrics = metrics if metrics is not None else SchedulerMetrics()
         self._loads: dict[tuple[str, str], _Load] = {}
         self._unloading: dict[tuple[str, str], asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,13 +124,15 @@ class Loader:
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def unload(self, runners: Sequence[RunnerView]) -> int:
+    async def unload(
+        self, runners: Sequence[RunnerView], *, reason: UnloadReason = UnloadReason.OPERATOR
+    ) -> int:
         """Take the runners out of routing, tell their workers to stop them, then forget them.
 
         The runners leave routing before the first await, so a caller that picked them from a
         snapshot in the same step cannot race an Assign. Returns how many were unloaded. Worker
         errors are logged: the runner is forgotten anyway and comes back with the next heartbeat
-        if its worker still has it.
+        if its worker still has it. `reason` is what the unload counts as in the metrics.
         """
         started: list[tuple[RunnerView, int, asyncio.Event]] = []
         for runner in runners:
@@ -137,6 +142,7 @@ class Loader:
             done = asyncio.Event()
             self._unloading[(runner.worker_id, runner.model_id)] = done
             started.append((runner, generation, done))
+        self._metrics.unloaded(reason, len(started))
         if started:
             await asyncio.gather(*(self._unload_one(*entry) for entry in started))
         return len(started)
@@ -166,10 +172,11 @@ class Loader:
     async def _run(self, load: _Load) -> None:
         model, worker = load.model, load.worker
         error: SchedulerError | None = None
+        started = self._clock.monotonic()
         try:
             async with asyncio.timeout(self._load_timeout):
                 if load.evict:
-                    await self.unload(load.evict)
+                    await self.unload(load.evict, reason=UnloadReason.EVICTED)
                 pending_unload = self._unloading.get((worker.worker_id, model.model_id))
                 if pending_unload is not None:
                     await pending_unload.wait()
@@ -206,4 +213,5 @@ class Loader:
             if error is not None:
                 _log.warning("%s", error)
                 self._membership.cancel_reservation(worker.worker_id, model.model_id)
+            self._metrics.load_finished(model.reference, error, self._clock.monotonic() - started)
             self._on_finished(LoadOutcome(model=model, worker=worker, error=error))

@@ -20,6 +20,7 @@ from services.scheduler.leases import LeaseTable
 from services.scheduler.loader import Loader
 from services.scheduler.membership import Membership
 from services.scheduler.memory import MemoryEstimate, estimate_memory, model_context_limit
+from services.scheduler.metrics import SchedulerMetrics, UnloadReason
 from services.scheduler.model_configs import ConfigStore, ModelRuntimeConfig
 from services.scheduler.placement import PlacementRefusal, plan_placement
 from services.scheduler.queue import RequestQueue
@@ -51,8 +52,10 @@ class ReplicaManager:
         resolver: ModelResolver,
         clock: Clock,
         snapshot: Callable[[], ClusterSnapshot],
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics if metrics is not None else SchedulerMetrics()
         self._membership = membership
         self._leases = leases
         self._loader = loader
@@ -155,6 +158,7 @@ class ReplicaManager:
             exclude_workers=exclude,
         )
         if isinstance(plan, PlacementRefusal):
+            self._metrics.placement_refused(insufficient_memory=plan.insufficient_memory)
             if plan.insufficient_memory:
                 raise InsufficientMemory(plan.reason)
             raise NoWorkerAvailable(plan.reason)
@@ -207,7 +211,7 @@ class ReplicaManager:
                 _log.info(
                     "scaling %s down: replica on worker %s idle", runner.model_id, runner.worker_id
                 )
-            await self._loader.unload(decision.scale_down)
+            await self._loader.unload(decision.scale_down, reason=UnloadReason.SCALE_DOWN)
         for model_id in [m for m in self.models if m not in tracked]:
             del self.models[model_id]
 

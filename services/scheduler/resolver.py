@@ -14,6 +14,7 @@ import grpc
 from modelrunner.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from services.common.grpc_client import open_channel
 from services.common.reference import InvalidReference, is_model_id, parse_reference
+from services.common.request_id import request_id_client_interceptors
 from services.scheduler.errors import (
     InvalidModelReference,
     ModelNotFound,
@@ -60,7 +61,9 @@ class GrpcModelResolver:
     """Resolves through Registry.InspectModel."""
 
     def __init__(self, registry_address: str) -> None:
-        self._channel = open_channel(registry_address)
+        self._channel = open_channel(
+            registry_address, interceptors=request_id_client_interceptors()
+        )
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
 
     async def resolve(self, text: str, *, timeout: float) -> ResolvedModel:

@@ -9,6 +9,7 @@ import grpc
 
 from modelrunner.v1 import worker_pb2, worker_pb2_grpc
 from services.common.grpc_client import open_channel
+from services.common.request_id import request_id_client_interceptors
 from services.scheduler.convert import runner_from_proto
 from services.scheduler.errors import LoadFailed, LoadTimeout, Unavailable
 from services.scheduler.resolver import ResolvedModel
@@ -57,7 +58,9 @@ class GrpcWorkerClient:
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerAsyncStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = open_channel(address)
+            channel = self._channels[address] = open_channel(
+                address, interceptors=request_id_client_interceptors()
+            )
         return worker_pb2_grpc.WorkerStub(channel)
 
     async def load(

@@ -43,7 +43,8 @@ class LocalStack:
         unless the store already has that tag."""
         self.settings = settings
         self._bundled_gguf = bundled_gguf
-        base = dict(environ)
+        # `model-cli logs` merges the services' text lines by time; LOG_FORMAT=json still wins.
+        base = {"LOG_FORMAT": "text", **environ}
         s = settings
         logs = s.log_dir
         self.registry = ServiceProcess(

@@ -8,10 +8,12 @@ import os
 import sys
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from modelrunner.v1 import registry_pb2_grpc, scheduler_pb2_grpc
 from services.common.grpc_server import run_until_signalled
 from services.common.logs import configure_logging
+from services.common.metrics import MetricsServer, omit_created_series
 from services.worker.binary import resolve_llama_server
 from services.worker.blob_cache import BlobCache, FetchLimits
 from services.worker.channels import open_control_channel
@@ -23,6 +25,7 @@ from services.worker.llama_engine import LlamaServerEngine
 from services.worker.node import WorkerNode, llama_engine_settings, simulation_settings
 from services.worker.runtime_dir import prepare_runtime_dir
 from services.worker.simulated.engine import SimulatedEngine
+from services.worker.worker_metrics import WorkerCollector, WorkerMetrics
 
 __all__ = ["main"]
 
@@ -32,6 +35,8 @@ _log = logging.getLogger("services.worker")
 async def _serve(settings: WorkerSettings) -> None:
     scheduler_channel = open_control_channel(settings.scheduler_address, settings.retry_max_backoff)
     scheduler = scheduler_pb2_grpc.SchedulerStub(scheduler_channel)
+    metrics_registry = CollectorRegistry()
+    metrics = WorkerMetrics(metrics_registry)
     registry_channel: grpc.aio.Channel | None = None
     blobs: BlobCache | None = None
     engine: Engine
@@ -61,22 +66,24 @@ async def _serve(settings: WorkerSettings) -> None:
                 fetch_timeout=settings.blob_fetch_timeout,
                 max_bytes=settings.cache_max_bytes,
             ),
+            metrics,
         )
         engine = LlamaServerEngine(
             llama_engine_settings(settings, binary, name_prefix=str(os.getpid())), blobs
         )
+    cache_bytes = blobs.size_bytes if blobs is not None else lambda: 0
     node = WorkerNode(
-        settings,
-        engine,
-        scheduler,
-        tags=tags,
-        cache_bytes=blobs.size_bytes if blobs is not None else lambda: 0,
+        settings, engine, scheduler, tags=tags, cache_bytes=cache_bytes, metrics=metrics
     )
+    metrics_registry.register(WorkerCollector(node.pool.snapshot, cache_bytes))
+    metrics_server = MetricsServer(settings.metrics_address, metrics_registry)
+    await metrics_server.start()
     node.start_membership()
 
     async def cleanup() -> None:
         # Stopping the runners cancels their loads' downloads; the farewell reports them STOPPED.
         await node.close(farewell=True)
+        await metrics_server.stop()
         if blobs is not None:
             await blobs.close()
         await scheduler_channel.close()
@@ -89,7 +96,8 @@ async def _serve(settings: WorkerSettings) -> None:
 
 def main() -> None:
     settings = WorkerSettings.from_env(os.environ)
-    configure_logging("worker", settings.log_level)
+    configure_logging("worker", settings.log_level, settings.log_format)
+    omit_created_series()
     try:
         asyncio.run(_serve(settings))
     except BinaryNotFoundError as exc:

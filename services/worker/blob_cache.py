@@ -24,6 +24,7 @@ import grpc
 from modelrunner.v1 import registry_pb2
 from services.common.digest import blob_path, parse_digest
 from services.worker.errors import BlobFetchError, BlobVerificationError
+from services.worker.worker_metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from modelrunner.v1.registry_pb2_grpc import RegistryAsyncStub
@@ -87,10 +88,17 @@ def _seal(handle: BinaryIO) -> None:
 class BlobCache:
     """Fetches layers on demand; owns its in-flight downloads (close() cancels them)."""
 
-    def __init__(self, root: Path, registry: RegistryAsyncStub, limits: FetchLimits) -> None:
+    def __init__(
+        self,
+        root: Path,
+        registry: RegistryAsyncStub,
+        limits: FetchLimits,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self._root = root
         self._registry = registry
         self._limits = limits
+        self._metrics = metrics if metrics is not None else WorkerMetrics()
         self._downloads: dict[str, asyncio.Task[Path]] = {}
         # Kept up to date on every write and eviction: heartbeats report it without walking the
         # tree. Scanned once here: a cache holds a few dozen blobs, so this takes microseconds.
@@ -138,10 +146,18 @@ class BlobCache:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _download(self, digest: str, size: int) -> Path:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            return await self._fetch(digest, size)
+            path = await self._fetch(digest, size)
         except OSError as exc:
+            self._metrics.blob_fetched(None)
             raise BlobFetchError(f"cannot write {digest} to the worker cache: {exc}") from exc
+        except Exception:
+            self._metrics.blob_fetched(None)
+            raise
+        self._metrics.blob_fetched(loop.time() - started)
+        return path
 
     async def _fetch(self, digest: str, size: int) -> Path:
         algorithm, encoded = parse_digest(digest)
@@ -243,6 +259,7 @@ class BlobCache:
                 if not message.data:
                     continue
                 received += len(message.data)
+                self._metrics.blob_received(len(message.data))
                 if received > size:
                     raise BlobVerificationError(
                         f"blob {digest}: registry sent more than the {size} bytes expected"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import grpc
 
 from services.common.grpc_server import channel_options
+from services.common.request_id import request_id_client_interceptors
 
 __all__ = ["open_control_channel"]
 
 
 def open_control_channel(address: str, max_reconnect_backoff: float) -> grpc.aio.Channel:
-    """The shared channel options plus a capped reconnect backoff.
+    """The shared channel options plus a capped reconnect backoff; calls made while serving a
+    request (a lease release, a blob fetch for a Load) carry its `x-request-id`.
 
     gRPC's default reconnect backoff grows to 120 s, so a worker would take up to two minutes
     to notice that a restarted scheduler is back; capping it matches WORKER_RETRY_MAX_BACKOFF.
@@ -22,4 +24,6 @@ def open_control_channel(address: str, max_reconnect_backoff: float) -> grpc.aio
         ("grpc.min_reconnect_backoff_ms", min(1000, backoff_ms)),
         ("grpc.max_reconnect_backoff_ms", backoff_ms),
     ]
-    return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.insecure_channel(
+        address, options=options, interceptors=request_id_client_interceptors()
+    )

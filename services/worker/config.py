@@ -11,6 +11,7 @@ from pathlib import Path
 
 from services.common.env import (
     SettingError,
+    env_address,
     env_duration,
     env_float,
     env_int,
@@ -18,6 +19,7 @@ from services.common.env import (
     env_str,
     env_tags,
 )
+from services.common.logs import LogFormat, parse_log_format
 from services.worker.args import RESERVED_FLAGS, reserved_flag
 
 __all__ = [
@@ -138,6 +140,9 @@ class WorkerSettings:
     metrics_max_bytes: int = 1024 * 1024
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
+    log_format: LogFormat = "json"
+    # The worker's own Prometheus endpoint (GET /metrics); None: off.
+    metrics_address: str | None = "127.0.0.1:9093"
     # "llama.cpp" (a llama-server per model) or "simulated" (no process, no blob download).
     engine: str = LLAMA_CPP_ENGINE
     # Simulated engine: how long a Load takes.
@@ -218,6 +223,8 @@ class WorkerSettings:
             metrics_max_bytes=count("WORKER_METRICS_MAX_BYTES", cls.metrics_max_bytes),
             shutdown_grace=duration("WORKER_SHUTDOWN_GRACE", cls.shutdown_grace),
             log_level=env_str(env, "LOG_LEVEL", cls.log_level),
+            log_format=parse_log_format(env_str(env, "LOG_FORMAT", cls.log_format)),
+            metrics_address=env_address(env, "WORKER_METRICS_ADDRESS", "127.0.0.1:9093"),
             engine=engine,
             sim_load_time=_non_negative_duration(
                 "WORKER_SIM_LOAD_TIME", env_duration(env, "WORKER_SIM_LOAD_TIME", cls.sim_load_time)

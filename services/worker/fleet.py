@@ -33,6 +33,7 @@ from services.worker.channels import open_control_channel
 from services.worker.config import SIMULATED_ENGINE, WorkerSettings
 from services.worker.node import WorkerNode, simulation_settings
 from services.worker.simulated.engine import SimulatedEngine
+from services.worker.worker_metrics import WorkerMetrics
 
 __all__ = ["FleetError", "SimulatedFleet", "SimulatedWorkerSpec", "main", "parse_size"]
 
@@ -133,6 +134,8 @@ class SimulatedFleet:
         base = self._base
         self._channel = open_control_channel(base.scheduler_address, base.retry_max_backoff)
         scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
+        # One set for the fleet: per node it would cost ~20 KB each (20 MB per 1000 workers).
+        metrics = WorkerMetrics()
         try:
             for spec in self._specs:
                 node = WorkerNode(
@@ -147,6 +150,7 @@ class SimulatedFleet:
                     ),
                     scheduler,
                     tags={"accelerator": "cpu", **spec.tags},
+                    metrics=metrics,
                 )
                 self._nodes[spec.worker_id] = node
                 await node.server.start()

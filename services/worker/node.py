@@ -25,6 +25,7 @@ from services.worker.metrics import MetricsLimits, MetricsScraper
 from services.worker.pool import PoolSettings, RunnerPool
 from services.worker.server import SERVICE_NAME, WorkerServicer
 from services.worker.simulated.serving import SimulationSettings
+from services.worker.worker_metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from modelrunner.v1.scheduler_pb2_grpc import SchedulerAsyncStub
@@ -97,6 +98,7 @@ class WorkerNode:
         *,
         tags: Mapping[str, str],
         cache_bytes: Callable[[], int] = lambda: 0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._tags = dict(tags)
@@ -105,6 +107,7 @@ class WorkerNode:
             PoolSettings(max_runners=settings.max_runners, drain_timeout=settings.drain_timeout),
             engine,
             on_change=changed.set,
+            metrics=metrics,
         )
         memory = MemoryGauge(settings.memory_bytes, self.pool.loaded_bytes)
         self.membership = Membership(
@@ -121,13 +124,13 @@ class WorkerNode:
             changed=changed,
         )
         self.server = WorkerGrpcServer(settings.listen_address)
-        metrics = MetricsScraper(
+        scraper = MetricsScraper(
             self.pool,
             MetricsLimits(timeout=settings.metrics_timeout, max_bytes=settings.metrics_max_bytes),
         )
         self.leases = LeaseReleaser(scheduler, settings.rpc_timeout)
         worker_pb2_grpc.add_WorkerServicer_to_server(
-            WorkerServicer(self.pool, self.leases, metrics),
+            WorkerServicer(self.pool, self.leases, scraper),
             self.server.server,
         )
         self.identity: WorkerIdentity | None = None

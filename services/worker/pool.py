@@ -27,9 +27,11 @@ from services.worker.errors import (
     InvalidModelError,
     ModelNotReadyError,
     RunnerStoppedError,
+    UpstreamError,
     WorkerError,
 )
 from services.worker.runner import LIVE_STATES, Runner, RunnerSnapshot, RunnerState
+from services.worker.worker_metrics import WorkerMetrics
 
 __all__ = ["PoolSettings", "RunnerPool"]
 
@@ -48,10 +50,12 @@ class RunnerPool:
         settings: PoolSettings,
         engine: Engine,
         on_change: Callable[[], None] = lambda: None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._on_change = on_change
+        self._metrics = metrics if metrics is not None else WorkerMetrics()
         self._runners: dict[str, Runner] = {}
         self._loads: dict[str, asyncio.Task[Runner]] = {}
         # Unloaded or replaced runners still draining: they hold resources and count against the cap.
@@ -75,6 +79,8 @@ class RunnerPool:
         return sum(1 for s in self.snapshot() if s.state in LIVE_STATES)
 
     def _runner_changed(self, runner: Runner) -> None:
+        if runner.state is RunnerState.FAILED and runner.became_ready:
+            self._metrics.runner_crashed()
         if self._runners.get(runner.model_id) is not runner and runner not in self._retiring:
             _log.debug("state change of a replaced runner (gen %d) ignored", runner.generation)
             return
@@ -153,6 +159,8 @@ class RunnerPool:
             parallel=self._engine.slots(config.parallel),
             on_change=self._runner_changed,
         )
+        if stale is not None:
+            self._metrics.runner_restarted()
         if stale is not None and replaced:
             # Reported (and counted) while it drains; its requests finish on the old options.
             self._retiring.add(stale)
@@ -179,6 +187,19 @@ class RunnerPool:
             _log.warning("loading %s failed: %s", model_id, task.exception())
 
     async def _start(self, runner: Runner, launch: RunnerLaunch, stale: Runner | None) -> Runner:
+        """`_launch`, counted and timed in the metrics (from the Load to READY)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        error: BaseException | None = None
+        try:
+            return await self._launch(runner, launch, stale)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._metrics.runner_started(error, loop.time() - started)
+
+    async def _launch(self, runner: Runner, launch: RunnerLaunch, stale: Runner | None) -> Runner:
         try:
             if stale is not None:
                 await self._retire(stale)
@@ -228,7 +249,11 @@ class RunnerPool:
         if runner is None:
             raise ModelNotReadyError(f"model {model_id} is not loaded on this worker")
         with runner.lease():
-            yield runner
+            try:
+                yield runner
+            except UpstreamError as exc:
+                self._metrics.upstream_failed(exc)
+                raise
 
     # -- shutdown ----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from services.common.request_id import detached_context
 from services.worker.engine import Backend, LaunchConfig, RunnerClient
 from services.worker.errors import (
     InvalidTransitionError,
@@ -112,6 +113,8 @@ class Runner:
         self._stopping = False
         self._backend: Backend | None = None
         self._exit_watch: asyncio.Task[None] | None = None
+        # Reached READY once: a FAILED runner that did was a crash, not a failed start.
+        self.became_ready = False
 
     @property
     def state(self) -> RunnerState:
@@ -186,8 +189,12 @@ class Runner:
                 self._set_state(RunnerState.FAILED, str(exc))
             raise
         self._exit_watch = asyncio.create_task(
-            self._watch_exit(backend), name=f"runner-exit-{self.model_id[:19]}-{self.generation}"
+            self._watch_exit(backend),
+            name=f"runner-exit-{self.model_id[:19]}-{self.generation}",
+            # It outlives the Load that started it: a crash is not that request's doing.
+            context=detached_context(),
         )
+        self.became_ready = True
         self._set_state(RunnerState.READY)
 
     async def fail_before_start(self, error: str) -> None:

@@ -17,6 +17,7 @@ from services.worker.llama_engine import (
     RunnerTimeouts,
 )
 from services.worker.pool import PoolSettings, RunnerPool
+from services.worker.worker_metrics import WorkerMetrics
 
 __all__ = ["FAKE_SERVER", "FakeBlobs", "eventually", "make_pool"]
 
@@ -62,6 +63,7 @@ def make_pool(
     drain_timeout: float = 5.0,
     stream_idle_timeout: float = 5.0,
     on_change: Callable[[], None] = lambda: None,
+    metrics: WorkerMetrics | None = None,
 ) -> RunnerPool:
     """A pool of the llama.cpp engine running `binary` (the stand-in llama-server)."""
     engine = LlamaServerEngine(
@@ -86,7 +88,10 @@ def make_pool(
         blobs,
     )
     return RunnerPool(
-        PoolSettings(max_runners=max_runners, drain_timeout=drain_timeout), engine, on_change
+        PoolSettings(max_runners=max_runners, drain_timeout=drain_timeout),
+        engine,
+        on_change,
+        metrics=metrics,
     )
 
 
