@@ -245,3 +245,10 @@ async def source_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
             registry_pb2.PackageRequest(gguf_path=str(smollm2_path()), tag="ai/smollm2:v1")
         )
     return root
+
+
+@pytest.fixture
+async def source(source_root: Path) -> AsyncIterator[Service]:
+    """A registry service (per test: its gRPC tasks must not outlive the test) on that store."""
+    async with registry_service(source_root) as service:
+        yield service

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -35,13 +34,6 @@ from .conftest import (
 
 PROGRESS = registry_pb2.TRANSFER_EVENT_TYPE_PROGRESS
 ERROR = registry_pb2.TRANSFER_EVENT_TYPE_ERROR
-
-
-@pytest.fixture
-async def source(source_root: Path) -> AsyncIterator[Service]:
-    """A registry service (per test: its gRPC tasks must not outlive the test) on that store."""
-    async with registry_service(source_root) as service:
-        yield service
 
 
 def _gguf_layer(model: common_pb2.Model) -> common_pb2.Descriptor:
