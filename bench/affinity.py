@@ -5,7 +5,15 @@ clusters share it, each a real scheduler, a real gateway and two real workers, e
 one llama-server (2 slots, `--threads 1`, so the four fit on two cores; only one cluster works at
 a time): cluster A routes with SCHEDULER_ROUTING=affinity (the default), cluster B with
 round-robin. The model is configured with min_replicas=2 on both, so each cluster serves it from
-both of its workers for the whole run.
+both of its workers for the whole run. With 2 slots, affinity's load guard allows an imbalance
+of 1 (SCHEDULER_AFFINITY_MAX_IMBALANCE is capped at slots - 2 but kept >= 1): a conversation
+stays on its worker while that has a free slot; `--max-imbalance 0` makes it yield to an idle
+worker instead.
+
+llama-server keeps prompts in RAM across its slots (`--cache-ram`, SCHEDULER_PROMPT_CACHE_MIB), so
+round-robin also finds most of a conversation's history cached on turns >= 3 (the other worker
+served turn n-2); affinity saves the turn-2 miss and the last exchange. `--cache-ram 0` shows the
+comparison without that cache.
 
 The workload: conversations of several turns, each opening with a long distinct system prompt
 (~800 tokens) so that prefill dominates time to first token, and each turn resending the whole
@@ -31,6 +39,7 @@ round-robin.
 
     .venv/bin/python bench/affinity.py                      # ~4.5 minutes
     .venv/bin/python bench/affinity.py --max-imbalance 0    # affinity that always yields to load
+    .venv/bin/python bench/affinity.py --cache-ram 0        # without llama.cpp's RAM prompt cache
     .venv/bin/python bench/affinity.py --quick              # ~1 minute
 """
 
@@ -305,15 +314,21 @@ async def start_cluster(
     return gateway, scheduler
 
 
-async def place_on_both(scheduler: str) -> None:
-    """min_replicas=2: the autoscaler loads the model on both workers; wait until both serve."""
+async def place_on_both(scheduler: str, cache_ram_mib: int | None) -> None:
+    """min_replicas=2: the autoscaler loads the model on both workers; wait until both serve.
+    `cache_ram_mib` sets llama-server's RAM prompt cache (None: the scheduler's default)."""
+    llama_args = [] if cache_ram_mib is None else ["--cache-ram", str(cache_ram_mib)]
     async with open_channel(scheduler) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         await stub.ConfigureModel(
             scheduler_pb2.ConfigureModelRequest(
                 model=MODEL,
                 config=common_pb2.ModelRuntimeConfig(
-                    min_replicas=2, max_replicas=2, parallel=SLOTS, context_size=CONTEXT
+                    min_replicas=2,
+                    max_replicas=2,
+                    parallel=SLOTS,
+                    context_size=CONTEXT,
+                    llama_args=llama_args,
                 ),
             ),
             timeout=30.0,
@@ -375,10 +390,17 @@ def report(results: dict[str, ModeResult], args: argparse.Namespace) -> str:
         f"\n{args.conversations} conversations x {args.turns} turns per mode and round, "
         f"{args.rounds} round(s), concurrency {args.concurrency}, pauses of 0-{2 * args.think:g} s "
         f"between turns, SCHEDULER_AFFINITY_MAX_IMBALANCE={args.max_imbalance}, "
+        f"llama-server --cache-ram {_cache_ram_text(args.cache_ram)}, "
         "~800-token system prompts, "
         f"{MAX_TOKENS} output tokens, 2 workers x 1 llama-server (2 slots x {CONTEXT} tokens, "
         "1 thread) per cluster, SmolLM2-135M Q4_1.\n\n" + table
     )
+
+
+def _cache_ram_text(mib: int | None) -> str:
+    if mib is None:
+        return f"{SchedulerSettings().default_prompt_cache_mib} MiB (the scheduler's default)"
+    return f"{mib} MiB"
 
 
 def summary(results: dict[str, ModeResult]) -> str:
@@ -423,7 +445,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, ModeResult]:
             gateway, scheduler = await start_cluster(
                 group, name, routing, registry, args.max_imbalance
             )
-            await place_on_both(scheduler)
+            await place_on_both(scheduler, args.cache_ram)
             gateways[name] = gateway
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
         async with httpx.AsyncClient(timeout=_REQUEST_TIMEOUT, limits=limits) as client:
@@ -464,6 +486,13 @@ def main() -> None:
         type=int,
         default=SchedulerSettings().affinity_max_imbalance,
         help="SCHEDULER_AFFINITY_MAX_IMBALANCE of both clusters (default: the scheduler's)",
+    )
+    parser.add_argument(
+        "--cache-ram",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help="llama-server's RAM prompt cache, 0 = off (default: SCHEDULER_PROMPT_CACHE_MIB)",
     )
     parser.add_argument("--quick", action="store_true", help="4 conversations x 4 turns, 1 round")
     parser.add_argument("--work-dir", type=Path, default=None, help="parent of the temp dir")

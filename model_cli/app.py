@@ -14,7 +14,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from model_cli.commands import bench, engines, models, run, system
+from model_cli.commands import bench, engines, models, run, system, verify
 from model_cli.config import CliSettings
 from model_cli.errors import CliError
 from model_cli.state import CliState
@@ -47,6 +47,7 @@ def build_app() -> typer.Typer:
     bench.register(app)
     engines.register(app)
     system.register(app)
+    verify.register(app)
     return app
 
 

@@ -83,7 +83,10 @@ class GatewayClient:
             timeout=self._short,
             transport=transport,
             limits=httpx.Limits(max_connections=max_connections),
-            headers={"User-Agent": f"model-cli/{cli_version()}"},
+            headers={
+                "User-Agent": f"model-cli/{cli_version()}",
+                **({"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}),
+            },
             # The gateway is local or named explicitly; proxy variables meant for the internet
             # must not reroute it.
             trust_env=False,
@@ -209,6 +212,20 @@ class GatewayClient:
 
     def purge(self) -> Json:
         return self._json("DELETE", "/models/purge")
+
+    def verify(self) -> Json:
+        """`POST /models/verify` (this project's extension): the registry re-hashes every blob."""
+        limit = self._settings.verify_timeout
+        timeout = httpx.Timeout(limit, connect=self._settings.connect_timeout)
+        with self._translate(limit, "MODEL_CLI_VERIFY_TIMEOUT"):
+            response = self._http.request("POST", "/models/verify", timeout=timeout)
+        self._raise_for_status(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise CliError(
+                "POST /models/verify: the gateway answered something that is not JSON"
+            ) from None
 
     def package(self, upload: PackageUpload, on_bytes: Callable[[int], None]) -> Json:
         """Streams the GGUF as the body (never whole in memory); `on_bytes` hears each chunk."""

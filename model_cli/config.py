@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,6 +39,9 @@ class CliSettings:
     """Every knob of the CLI; durations are seconds."""
 
     host: str = DEFAULT_HOST
+    # MODEL_RUNNER_API_KEY: sent as `Authorization: Bearer` when the gateway requires keys. Kept
+    # out of repr so that printing the settings never shows it.
+    api_key: str = field(default="", repr=False)
     # Opening a connection to the gateway.
     connect_timeout: float = 5.0
     # Any silence while waiting on a short API call (list, inspect, tag, ps, ...).
@@ -46,6 +49,8 @@ class CliSettings:
     # Longest silence inside a streamed answer or transfer. Covers a cold model load before the
     # first token (the gateway's own assign limit is 330s) and the registry's retries mid-pull.
     stream_idle_timeout: float = 360.0
+    # `verify`: the gateway answers once the registry has re-hashed the whole store.
+    verify_timeout: float = 3600.0
     # Plain (non-terminal) progress: at most one line per layer per interval, plus layer ends.
     progress_interval: float = 1.0
     # `logs -f`: how often the log files are checked for new lines.
@@ -61,11 +66,13 @@ class CliSettings:
     def from_env(cls, env: Mapping[str, str]) -> CliSettings:
         settings = cls(
             host=normalize_host(env_str(env, "MODEL_RUNNER_HOST", DEFAULT_HOST)),
+            api_key=env_str(env, "MODEL_RUNNER_API_KEY", "").strip(),
             connect_timeout=env_duration(env, "MODEL_CLI_CONNECT_TIMEOUT", cls.connect_timeout),
             request_timeout=env_duration(env, "MODEL_CLI_TIMEOUT", cls.request_timeout),
             stream_idle_timeout=env_duration(
                 env, "MODEL_CLI_STREAM_IDLE_TIMEOUT", cls.stream_idle_timeout
             ),
+            verify_timeout=env_duration(env, "MODEL_CLI_VERIFY_TIMEOUT", cls.verify_timeout),
             progress_interval=env_duration(
                 env, "MODEL_CLI_PROGRESS_INTERVAL", cls.progress_interval
             ),
@@ -84,6 +91,7 @@ class CliSettings:
             "MODEL_CLI_CONNECT_TIMEOUT": self.connect_timeout,
             "MODEL_CLI_TIMEOUT": self.request_timeout,
             "MODEL_CLI_STREAM_IDLE_TIMEOUT": self.stream_idle_timeout,
+            "MODEL_CLI_VERIFY_TIMEOUT": self.verify_timeout,
             "MODEL_CLI_LOG_POLL_INTERVAL": self.log_poll_interval,
             "MODEL_CLI_UPLOAD_CHUNK_BYTES": self.upload_chunk_bytes,
         }

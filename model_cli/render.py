@@ -21,6 +21,7 @@ __all__ = [
     "running_table",
     "short_id",
     "until_text",
+    "verify_table",
 ]
 
 Json = Any
@@ -198,5 +199,19 @@ def configurations_table(entries: Iterable[Mapping[str, Json]]) -> Table:
             str(entry.get("Backend") or ""),
             str(entry.get("Mode") or ""),
             _cell("config", entry.get("Config")),
+        )
+    return table
+
+
+def verify_table(blobs: Iterable[Mapping[str, Json]]) -> Table:
+    """`verify`: one row per blob that is not ok, with the models it breaks."""
+    table = _table("BLOB", "STATUS", "SIZE", "MODELS", "DETAIL")
+    for blob in blobs:
+        table.add_row(
+            short_id(str(blob.get("digest") or "")),
+            str(blob.get("status") or ""),
+            human_size(float(blob.get("size") or 0)),
+            ", ".join(str(model) for model in blob.get("models") or []) or "(none)",
+            str(blob.get("detail") or ""),
         )
     return table

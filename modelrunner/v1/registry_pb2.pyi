@@ -41,6 +41,31 @@ TRANSFER_EVENT_TYPE_WARNING: TransferEventType.ValueType  # 3
 TRANSFER_EVENT_TYPE_ERROR: TransferEventType.ValueType  # 4
 Global___TransferEventType: _TypeAlias = TransferEventType  # noqa: Y015
 
+class _BlobStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BlobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlobStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BLOB_STATUS_UNSPECIFIED: _BlobStatus.ValueType  # 0
+    BLOB_STATUS_OK: _BlobStatus.ValueType  # 1
+    """The content hashes to its digest and has the size the manifests declare."""
+    BLOB_STATUS_CORRUPT: _BlobStatus.ValueType  # 2
+    """Present, but its content or size does not match."""
+    BLOB_STATUS_MISSING: _BlobStatus.ValueType  # 3
+    """A listed model references it and it is not in the store."""
+
+class BlobStatus(_BlobStatus, metaclass=_BlobStatusEnumTypeWrapper): ...
+
+BLOB_STATUS_UNSPECIFIED: BlobStatus.ValueType  # 0
+BLOB_STATUS_OK: BlobStatus.ValueType  # 1
+"""The content hashes to its digest and has the size the manifests declare."""
+BLOB_STATUS_CORRUPT: BlobStatus.ValueType  # 2
+"""Present, but its content or size does not match."""
+BLOB_STATUS_MISSING: BlobStatus.ValueType  # 3
+"""A listed model references it and it is not in the store."""
+Global___BlobStatus: _TypeAlias = BlobStatus  # noqa: Y015
+
 @_typing.final
 class PackageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -629,3 +654,93 @@ class DiskUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiskUsageResponse: _TypeAlias = DiskUsageResponse  # noqa: Y015
+
+@_typing.final
+class VerifyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyRequest: _TypeAlias = VerifyRequest  # noqa: Y015
+
+@_typing.final
+class BlobVerification(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    size: _builtins.int
+    """Bytes on disk; for a missing blob, the size its manifest declares."""
+    status: Global___BlobStatus.ValueType
+    detail: _builtins.str
+    """Why it is not ok, e.g. "content hashes to sha256:..."; empty when ok."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Models (a tag each, or the id of an untagged one) whose manifest is or references the blob;
+        empty for a blob no listed model uses.
+        """
+
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        size: _builtins.int = ...,
+        status: Global___BlobStatus.ValueType = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "digest", b"digest", "models", b"models", "size", b"size", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobVerification: _TypeAlias = BlobVerification  # noqa: Y015
+
+@_typing.final
+class VerifyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOBS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    CORRUPT_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    BYTES_CHECKED_FIELD_NUMBER: _builtins.int
+    models: _builtins.int
+    """Models listed in the index."""
+    ok: _builtins.int
+    corrupt: _builtins.int
+    missing: _builtins.int
+    bytes_checked: _builtins.int
+    """Bytes re-hashed."""
+    @_builtins.property
+    def blobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobVerification]: ...
+    def __init__(
+        self,
+        *,
+        blobs: _abc.Iterable[Global___BlobVerification] | None = ...,
+        models: _builtins.int = ...,
+        ok: _builtins.int = ...,
+        corrupt: _builtins.int = ...,
+        missing: _builtins.int = ...,
+        bytes_checked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "bytes_checked", b"bytes_checked", "corrupt", b"corrupt", "missing", b"missing", "models", b"models", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyResponse: _TypeAlias = VerifyResponse  # noqa: Y015

@@ -95,6 +95,11 @@ class RegistryStub:
                 request_serializer=modelrunner_dot_v1_dot_registry__pb2.PushRequest.SerializeToString,
                 response_deserializer=modelrunner_dot_v1_dot_registry__pb2.TransferProgress.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/modelrunner.v1.Registry/Verify',
+                request_serializer=modelrunner_dot_v1_dot_registry__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=modelrunner_dot_v1_dot_registry__pb2.VerifyResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -204,6 +209,14 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """Re-hash every blob the store holds or a listed model references (our extension; DMR has no
+        equivalent): one result per blob and a summary. Reads the whole store, so it can take minutes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +279,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Push,
                     request_deserializer=modelrunner_dot_v1_dot_registry__pb2.PushRequest.FromString,
                     response_serializer=modelrunner_dot_v1_dot_registry__pb2.TransferProgress.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=modelrunner_dot_v1_dot_registry__pb2.VerifyRequest.FromString,
+                    response_serializer=modelrunner_dot_v1_dot_registry__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -592,6 +610,33 @@ class Registry:
             '/modelrunner.v1.Registry/Push',
             modelrunner_dot_v1_dot_registry__pb2.PushRequest.SerializeToString,
             modelrunner_dot_v1_dot_registry__pb2.TransferProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelrunner.v1.Registry/Verify',
+            modelrunner_dot_v1_dot_registry__pb2.VerifyRequest.SerializeToString,
+            modelrunner_dot_v1_dot_registry__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

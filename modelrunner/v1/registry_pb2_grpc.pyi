@@ -81,6 +81,10 @@ class RegistryStub:
     """Push a local model to an OCI registry: blobs the registry lacks, then the manifest.
     Same error contract as Pull.
     """
+    Verify: _grpc.UnaryUnaryMultiCallable[_registry_pb2.VerifyRequest, _registry_pb2.VerifyResponse]
+    """Re-hash every blob the store holds or a listed model references (our extension; DMR has no
+    equivalent): one result per blob and a summary. Reads the whole store, so it can take minutes.
+    """
 
 @_typing.type_check_only
 class RegistryAsyncStub(RegistryStub):
@@ -133,6 +137,10 @@ class RegistryAsyncStub(RegistryStub):
     Push: _aio.UnaryStreamMultiCallable[_registry_pb2.PushRequest, _registry_pb2.TransferProgress]  # type: ignore[assignment]
     """Push a local model to an OCI registry: blobs the registry lacks, then the manifest.
     Same error contract as Pull.
+    """
+    Verify: _aio.UnaryUnaryMultiCallable[_registry_pb2.VerifyRequest, _registry_pb2.VerifyResponse]  # type: ignore[assignment]
+    """Re-hash every blob the store holds or a listed model references (our extension; DMR has no
+    equivalent): one result per blob and a summary. Reads the whole store, so it can take minutes.
     """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -255,6 +263,16 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.TransferProgress], _abc.AsyncIterator[_registry_pb2.TransferProgress]]:
         """Push a local model to an OCI registry: blobs the registry lacks, then the manifest.
         Same error contract as Pull.
+        """
+
+    @_abc_1.abstractmethod
+    def Verify(
+        self,
+        request: _registry_pb2.VerifyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.VerifyResponse, _abc.Awaitable[_registry_pb2.VerifyResponse]]:
+        """Re-hash every blob the store holds or a listed model references (our extension; DMR has no
+        equivalent): one result per blob and a summary. Reads the whole store, so it can take minutes.
         """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -54,6 +54,7 @@ class WorkerInfo(_message.Message):
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     MEMORY_FREE_BYTES_FIELD_NUMBER: _builtins.int
     CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_RUNNERS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     """host:port of the worker's gRPC server."""
@@ -61,6 +62,10 @@ class WorkerInfo(_message.Message):
     memory_free_bytes: _builtins.int
     cache_bytes: _builtins.int
     """Bytes of model blobs in the worker's local cache."""
+    max_runners: _builtins.int
+    """Runners (loaded models) the worker runs at once (WORKER_MAX_RUNNERS); placement evicts an
+    idle one or goes elsewhere beyond it. 0: not said, no limit.
+    """
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """e.g. {"accelerator": "cpu", "zone": "a"}"""
@@ -74,10 +79,11 @@ class WorkerInfo(_message.Message):
         memory_total_bytes: _builtins.int = ...,
         memory_free_bytes: _builtins.int = ...,
         cache_bytes: _builtins.int = ...,
+        max_runners: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cache_bytes", b"cache_bytes", "memory_free_bytes", b"memory_free_bytes", "memory_total_bytes", b"memory_total_bytes", "tags", b"tags", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cache_bytes", b"cache_bytes", "max_runners", b"max_runners", "memory_free_bytes", b"memory_free_bytes", "memory_total_bytes", b"memory_total_bytes", "tags", b"tags", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.internal_security import InternalSecurity
 from services.common.request_id import RequestIdServerInterceptor
 
 __all__ = ["GrpcServer", "channel_options", "run_until_signalled", "server_options"]
@@ -57,18 +58,30 @@ def server_options() -> list[tuple[str, int]]:
 
 
 class GrpcServer:
-    """A grpc.aio server with health and reflection, bound to one address."""
+    """A grpc.aio server with health and reflection, bound to one address.
+
+    `security` closes it (see `services.common.internal_security`): mutual TLS on the port and
+    the shared token checked before any other interceptor runs; the default is the open plane.
+    """
 
     def __init__(
         self,
         address: str,
         service_names: Sequence[str],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        *,
+        security: InternalSecurity | None = None,
     ) -> None:
         self._address = address
         self._service_names = tuple(service_names)
+        self._security = security or InternalSecurity()
         self.server = grpc.aio.server(
-            interceptors=(RequestIdServerInterceptor(), *interceptors), options=server_options()
+            interceptors=(
+                *self._security.server_interceptors(),
+                RequestIdServerInterceptor(),
+                *interceptors,
+            ),
+            options=server_options(),
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
@@ -79,7 +92,11 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Bind and start; returns the bound port (useful with port 0)."""
-        self.port = self.server.add_insecure_port(self._address)
+        credentials = self._security.server_credentials()
+        if credentials is None:
+            self.port = self.server.add_insecure_port(self._address)
+        else:
+            self.port = self.server.add_secure_port(self._address, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC server to {self._address}")
         await self.server.start()
@@ -97,8 +114,14 @@ async def run_until_signalled(
     *,
     grace: float,
     cleanup: Callable[[], Awaitable[None]] | None = None,
+    drain: Callable[[float], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully and run `cleanup`."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully and run `cleanup`.
+
+    `drain(grace)` runs first when given, while the server still serves what is in flight (a
+    worker turns its runners DRAINING so new requests go elsewhere); the server then stops with
+    whatever is left of `grace`.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,7 +131,10 @@ async def run_until_signalled(
     try:
         await stop.wait()
         _log.info("shutting down (grace %.1fs)", grace)
-        await server.stop(grace)
+        deadline = loop.time() + grace
+        if drain is not None:
+            await drain(grace)
+        await server.stop(max(0.0, deadline - loop.time()))
     finally:
         if cleanup is not None:
             await cleanup()

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpc_client import open_channel
+from services.common.internal_security import InternalSecurity
 
 __all__ = ["NotServing", "wait_until_serving"]
 
@@ -26,14 +27,16 @@ async def wait_until_serving(
     timeout: float,
     service: str = "",
     gone: Callable[[], str | None] = lambda: None,
+    security: InternalSecurity | None = None,
 ) -> None:
     """Poll Health.Check until SERVING.
 
     `gone` is asked between polls; a non-None answer (e.g. "process exited with 1") aborts at once,
-    so a service that crashes on start fails fast instead of after the whole timeout.
+    so a service that crashes on start fails fast instead of after the whole timeout. `security`:
+    the services' mutual TLS, when they use it (health checks need no token).
     """
     deadline = time.monotonic() + timeout
-    async with open_channel(address) as channel:
+    async with open_channel(address, security=security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             reason = gone()

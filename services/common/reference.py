@@ -26,13 +26,18 @@ DEFAULT_NAMESPACE = "ai"
 DEFAULT_TAG = "latest"
 
 _DEFAULT_REGISTRY_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_REGISTRY_ALIASES = {"hf.co": "huggingface.co"}
+# All matched with fullmatch and re.ASCII: `$` also matches before a trailing newline, and
+# without ASCII `\w`/`\d` accept any Unicode letter or digit; both once let a newline or a
+# non-ASCII character into a repository, tag or host (found by tests/unit/common/
+# test_reference_properties.py).
+_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", re.ASCII)
 _REGISTRY = re.compile(
-    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9-]+)*(?::\d{1,5})?$"
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9-]+)*(?::\d{1,5})?", re.ASCII
 )
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
-_HEX_ID = re.compile(r"^(?:[a-f0-9]{12}|[a-f0-9]{64})$")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}", re.ASCII)
+_HEX_ID = re.compile(r"(?:[a-f0-9]{12}|[a-f0-9]{64})", re.ASCII)
 _MAX_NAME_LENGTH = 255
 
 
@@ -54,7 +59,11 @@ class ModelReference:
     @property
     def familiar(self) -> str:
         """What users see and what the store tags with: `ai/smollm2:latest`."""
-        name = self.repository if self.is_default_registry else f"{self.registry}/{self.repository}"
+        # `docker.io/a.b/c` must not display as `a.b/c`, which would read back as host `a.b`.
+        shown_bare = self.is_default_registry and not _looks_like_registry(
+            self.repository.partition("/")[0]
+        )
+        name = self.repository if shown_bare else f"{self.registry}/{self.repository}"
         return f"{name}@{self.digest}" if self.digest else f"{name}:{self.tag}"
 
     @property
@@ -70,7 +79,7 @@ class ModelReference:
 def is_model_id(text: str) -> bool:
     """A full `sha256:<hex>` id, or a 12- or 64-hex id prefix as `docker model ls` prints them."""
     value = text.strip()
-    return bool(_DIGEST.match(value) or _HEX_ID.match(value))
+    return bool(_DIGEST.fullmatch(value) or _HEX_ID.fullmatch(value))
 
 
 def _looks_like_registry(component: str) -> bool:
@@ -93,7 +102,7 @@ def parse_reference(
         raw = "huggingface.co/" + raw.removeprefix("hf.co/")
 
     name, _, digest = raw.partition("@")
-    if digest and not _DIGEST.match(digest):
+    if digest and not _DIGEST.fullmatch(digest):
         raise InvalidReference(f"invalid digest in reference {text!r}: expected sha256:<64 hex>")
 
     tag = ""
@@ -101,15 +110,16 @@ def parse_reference(
     colon = name.rfind(":")
     if colon > last_slash:
         name, tag = name[:colon], name[colon + 1 :]
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise InvalidReference(f"invalid tag {tag!r} in reference {text!r}")
 
     components = name.split("/")
     registry = default_registry
     if len(components) > 1 and _looks_like_registry(components[0]):
         registry = components[0].lower()
-        if not _REGISTRY.match(registry):
+        if not _REGISTRY.fullmatch(registry):
             raise InvalidReference(f"invalid registry host {components[0]!r} in {text!r}")
+        registry = _REGISTRY_ALIASES.get(registry, registry)
         components = components[1:]
     if registry in _DEFAULT_REGISTRY_ALIASES:
         registry = DEFAULT_REGISTRY
@@ -117,7 +127,7 @@ def parse_reference(
         components = [default_namespace, *components]
 
     for component in components:
-        if not _PATH_COMPONENT.match(component):
+        if not _PATH_COMPONENT.fullmatch(component):
             hint = (
                 " (repository names must be lower-case)" if component.lower() != component else ""
             )

@@ -16,8 +16,10 @@ from collections.abc import Iterator
 import uvicorn
 
 from services.common.logs import configure_logging
+from services.common.metrics import omit_created_series
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
+from services.gateway.header_timeout import HeaderTimeoutConfig
 
 __all__ = ["build_server", "main"]
 
@@ -43,12 +45,15 @@ class _Server(uvicorn.Server):
 
 
 def build_server(settings: GatewaySettings) -> uvicorn.Server:
-    config = uvicorn.Config(
+    config = HeaderTimeoutConfig(
         create_app(settings),
         host=settings.listen_host,
         port=settings.port,
+        # MODEL_RUNNER_SOCK: a Unix socket replaces the TCP listener, as in DMR.
+        uds=settings.socket_path,
         loop="uvloop",
         http="httptools",
+        header_timeout=settings.header_timeout,
         lifespan="on",
         log_level=settings.log_level.lower(),
         # Logging is already configured for the whole process; keep uvicorn's format out of it.
@@ -64,7 +69,8 @@ def build_server(settings: GatewaySettings) -> uvicorn.Server:
 
 def main() -> None:
     settings = GatewaySettings.from_env(os.environ)
-    configure_logging("gateway", settings.log_level)
+    configure_logging("gateway", settings.log_level, settings.log_format)
+    omit_created_series()
     build_server(settings).run()
 
 

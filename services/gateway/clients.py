@@ -75,6 +75,10 @@ class RegistryClient:
     async def disk_usage(self) -> registry_pb2.DiskUsageResponse:
         return await self._stub.DiskUsage(registry_pb2.DiskUsageRequest(), timeout=self._timeout)
 
+    async def verify(self, *, timeout: float) -> registry_pb2.VerifyResponse:
+        """Re-hash the whole store; `timeout` must allow reading every blob."""
+        return await self._stub.Verify(registry_pb2.VerifyRequest(), timeout=timeout)
+
     def package_upload(
         self, *, timeout: float
     ) -> grpc.aio.StreamUnaryCall[registry_pb2.PackageUploadRequest, registry_pb2.PackageResponse]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from services.common.env import SettingError, env_bool, env_duration, env_int, env_str
+from services.common.internal_security import InternalSecurity
+from services.common.logs import LogFormat, parse_log_format
 
 __all__ = ["GatewaySettings"]
 
@@ -19,6 +22,8 @@ class GatewaySettings:
     listen_host: str = "127.0.0.1"
     registry_address: str = "127.0.0.1:50051"
     scheduler_address: str = "127.0.0.1:50052"
+    # Mutual TLS and the internal token for its channels to the services (MODEL_RUNNER_TLS_*).
+    security: InternalSecurity = field(default_factory=InternalSecurity)
     # Whole inference request: Assign (including a cold load) plus generation.
     request_timeout: float = 600.0
     # Assign alone; long enough to cover fetching blobs and starting llama-server.
@@ -46,6 +51,8 @@ class GatewaySettings:
     max_concurrency: int = 1024
     # Idle HTTP keep-alive connections are closed after this.
     keep_alive_timeout: float = 5.0
+    # A connection must deliver each request's headers within this (DMR's ReadHeaderTimeout).
+    header_timeout: float = 10.0
     # On SIGTERM: how long in-flight responses may finish before they are cut.
     shutdown_grace: float = 30.0
     access_log: bool = True
@@ -66,9 +73,27 @@ class GatewaySettings:
     max_prefix_hashes: int = 32
     # Longer affinity keys (X-Session-ID, the OpenAI `user`) are replaced by a hash, not refused.
     max_affinity_key_chars: int = 256
-    # Extra allowed CORS origins (DMR_ORIGINS); loopback origins are always allowed, "*" allows all.
+    # Allowed CORS origins (DMR_ORIGINS); it replaces the default (localhost and 127.0.0.1 on any
+    # port), "*" allows all. Empty: the default.
     cors_origins: tuple[str, ...] = ()
+    # MODEL_RUNNER_SOCK: listen on this Unix socket instead of TCP (no CORS there), as DMR does
+    # when MODEL_RUNNER_PORT is not set. None: TCP.
+    socket_path: str | None = None
+    # API keys (MODEL_RUNNER_API_KEYS and the lines of MODEL_RUNNER_API_KEYS_FILE); empty: no auth.
+    # Kept out of repr: settings may be logged, keys never are.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Paths served without a key even when keys are set (exact match); "/" is the liveness ping.
+    auth_exempt_paths: tuple[str, ...] = ("/",)
+    # Per key (per client address without keys): requests and tokens a minute; 0 is unlimited.
+    rate_limit_rpm: int = 0
+    rate_limit_tpm: int = 0
+    # Clients whose rate-limit state is kept at once (least recently seen dropped first).
+    rate_limit_max_clients: int = 10_000
+    # Upper bound on max_tokens (and num_predict, max_output_tokens); above it is 400. 0: no cap.
+    max_tokens: int = 0
     log_level: str = "INFO"
+    # LOG_FORMAT: `json` lines (with the request id) for collectors, or `text`.
+    log_format: LogFormat = "json"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -78,6 +103,7 @@ class GatewaySettings:
             listen_host=env_str(env, "GATEWAY_LISTEN_HOST", defaults.listen_host),
             registry_address=env_str(env, "REGISTRY_ADDRESS", defaults.registry_address),
             scheduler_address=env_str(env, "SCHEDULER_ADDRESS", defaults.scheduler_address),
+            security=InternalSecurity.from_env(env),
             request_timeout=env_duration(env, "GATEWAY_REQUEST_TIMEOUT", defaults.request_timeout),
             assign_timeout=env_duration(env, "GATEWAY_ASSIGN_TIMEOUT", defaults.assign_timeout),
             rpc_timeout=env_duration(env, "GATEWAY_RPC_TIMEOUT", defaults.rpc_timeout),
@@ -107,6 +133,7 @@ class GatewaySettings:
             keep_alive_timeout=env_duration(
                 env, "GATEWAY_KEEP_ALIVE_TIMEOUT", defaults.keep_alive_timeout
             ),
+            header_timeout=env_duration(env, "GATEWAY_HEADER_TIMEOUT", defaults.header_timeout),
             shutdown_grace=env_duration(env, "GATEWAY_SHUTDOWN_GRACE", defaults.shutdown_grace),
             access_log=env_bool(env, "GATEWAY_ACCESS_LOG", defaults.access_log),
             metrics_enabled=not env_bool(env, "DISABLE_METRICS", not defaults.metrics_enabled),
@@ -118,10 +145,20 @@ class GatewaySettings:
             max_affinity_key_chars=env_int(
                 env, "GATEWAY_MAX_AFFINITY_KEY_CHARS", defaults.max_affinity_key_chars
             ),
-            cors_origins=tuple(
-                origin.strip() for origin in env.get("DMR_ORIGINS", "").split(",") if origin.strip()
+            cors_origins=_csv(env.get("DMR_ORIGINS", "")),
+            socket_path=_socket_path(env),
+            api_keys=_api_keys(env),
+            auth_exempt_paths=_csv(env["GATEWAY_AUTH_EXEMPT_PATHS"])
+            if "GATEWAY_AUTH_EXEMPT_PATHS" in env
+            else defaults.auth_exempt_paths,
+            rate_limit_rpm=env_int(env, "GATEWAY_RATE_LIMIT_RPM", defaults.rate_limit_rpm),
+            rate_limit_tpm=env_int(env, "GATEWAY_RATE_LIMIT_TPM", defaults.rate_limit_tpm),
+            rate_limit_max_clients=env_int(
+                env, "GATEWAY_RATE_LIMIT_MAX_CLIENTS", defaults.rate_limit_max_clients
             ),
+            max_tokens=env_int(env, "GATEWAY_MAX_TOKENS", defaults.max_tokens),
             log_level=env_str(env, "LOG_LEVEL", defaults.log_level).upper(),
+            log_format=parse_log_format(env_str(env, "LOG_FORMAT", defaults.log_format)),
         )
         settings.validate()
         return settings
@@ -141,9 +178,11 @@ class GatewaySettings:
             "GATEWAY_WORKER_CHANNELS": self.worker_channels,
             "GATEWAY_MAX_CONCURRENCY": self.max_concurrency,
             "GATEWAY_KEEP_ALIVE_TIMEOUT": self.keep_alive_timeout,
+            "GATEWAY_HEADER_TIMEOUT": self.header_timeout,
             "GATEWAY_METRICS_TIMEOUT": self.metrics_timeout,
             "GATEWAY_PREFIX_CHUNK_CHARS": self.prefix_chunk_chars,
             "GATEWAY_RESPONSES_MAX_STORED_BYTES": self.responses_max_stored_bytes,
+            "GATEWAY_RATE_LIMIT_MAX_CLIENTS": self.rate_limit_max_clients,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -154,6 +193,9 @@ class GatewaySettings:
             "GATEWAY_SHUTDOWN_GRACE": self.shutdown_grace,
             "GATEWAY_MAX_PREFIX_HASHES": self.max_prefix_hashes,
             "GATEWAY_RESPONSES_MAX_STORED": self.responses_max_stored,
+            "GATEWAY_RATE_LIMIT_RPM": self.rate_limit_rpm,
+            "GATEWAY_RATE_LIMIT_TPM": self.rate_limit_tpm,
+            "GATEWAY_MAX_TOKENS": self.max_tokens,
         }
         for name, value in non_negative.items():
             if value < 0:
@@ -171,3 +213,27 @@ class GatewaySettings:
             raise SettingError(
                 f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
             )
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _socket_path(env: Mapping[str, str]) -> str | None:
+    # DMR: MODEL_RUNNER_PORT set means TCP; only without it does MODEL_RUNNER_SOCK apply.
+    if env.get("MODEL_RUNNER_PORT", "").strip():
+        return None
+    return env.get("MODEL_RUNNER_SOCK", "").strip() or None
+
+
+def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    keys = list(_csv(env.get("MODEL_RUNNER_API_KEYS", "")))
+    path = env.get("MODEL_RUNNER_API_KEYS_FILE", "").strip()
+    if path:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            # The message names the file, never its contents.
+            raise SettingError(f"MODEL_RUNNER_API_KEYS_FILE: cannot read {path}: {exc}") from exc
+        keys.extend(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    return tuple(dict.fromkeys(keys))

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
 
 from services.common.clock import Clock, SystemClock
 from services.common.grpc_client import open_channel
+from services.common.request_id import request_id_client_interceptors
 from services.gateway.clients import RegistryClient, SchedulerClient, WorkerChannels
 from services.gateway.config import GatewaySettings
 from services.gateway.inference import Inference
+from services.gateway.metrics.families import GatewayMetrics
 
 __all__ = ["GatewayContext"]
 
@@ -37,12 +40,22 @@ class GatewayContext:
         *,
         version: str,
         clock: Clock | None = None,
-        connect: Callable[[str], grpc.aio.Channel] = open_channel,
+        connect: Callable[[str], grpc.aio.Channel] | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        """`connect`: how channels to the registry, scheduler and workers are opened; by default
+        with the settings' internal security (mutual TLS, token), and carrying the id of the
+        request each call is made for (request_ids.py)."""
         self.settings = settings
         self.version = version
         self._clock = clock or SystemClock()
-        self._connect = connect
+        # The gateway's own metrics; None when DISABLE_METRICS is set.
+        self.metrics = metrics
+        self._connect = connect or partial(
+            open_channel,
+            security=settings.security,
+            interceptors=request_id_client_interceptors(),
+        )
         self._open: _Open | None = None
 
     async def start(self) -> None:
@@ -59,7 +72,7 @@ class GatewayContext:
             registry=RegistryClient(registry_channel, timeout=settings.rpc_timeout),
             scheduler=scheduler,
             workers=workers,
-            inference=Inference(settings, scheduler, workers, self._clock),
+            inference=Inference(settings, scheduler, workers, self._clock, self.metrics),
         )
 
     async def stop(self) -> None:

@@ -9,10 +9,14 @@ llama-server refused the request.
     ├── InvalidRequest           400: malformed JSON, missing `model`, bad parameter
     ├── NotFound                 404: unknown model, backend or route
     ├── Conflict                 409: e.g. deleting a model that has several tags
+    ├── Unauthorized             401: a registry refusing the credentials
+    │   └── InvalidApiKey        401: API keys configured, none (or a wrong one) presented
     ├── Forbidden                403: a browser Origin that is not allowed (CORS)
     ├── PayloadTooLarge          413: body above GATEWAY_MAX_BODY_BYTES (or an upload above the
     │                            registry's REGISTRY_MAX_UPLOAD_BYTES)
     ├── UnsupportedMediaType     415: a body in a content type the route does not take
+    ├── RateLimited              429: a key's requests or tokens per minute are used up
+    │                            (Retry-After)
     ├── Unimplemented            501: a DMR route this gateway does not offer
     ├── UpstreamError            502: a worker or llama-server failed
     ├── ServiceUnavailable       503: no worker, scheduler/registry down, queue full
@@ -49,11 +53,14 @@ __all__ = [
     "Forbidden",
     "GatewayError",
     "InsufficientMemory",
+    "InvalidApiKey",
     "InvalidRequest",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimited",
     "RpcStep",
     "ServiceUnavailable",
+    "Unauthorized",
     "Unimplemented",
     "UnsupportedMediaType",
     "UpstreamError",
@@ -123,6 +130,19 @@ class UnsupportedMediaType(GatewayError):
 class Unauthorized(GatewayError):
     status_code = 401
     error_type = "authentication_error"
+
+
+class InvalidApiKey(Unauthorized):
+    """A missing or wrong gateway API key: OpenAI types this one as an invalid request."""
+
+    error_type = _INVALID
+
+
+class RateLimited(GatewayError):
+    """The client used its requests or tokens for this minute; Retry-After says when."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
 
 
 class Unprocessable(GatewayError):

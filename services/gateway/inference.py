@@ -10,9 +10,8 @@ streaming head becomes an SSE error event.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -20,10 +19,20 @@ import orjson
 
 from modelrunner.v1 import common_pb2, scheduler_pb2, worker_pb2
 from services.common.clock import Clock, SystemClock
+from services.common.request_id import (
+    REQUEST_ID_KEY,
+    clean_request_id,
+    current_request_id,
+    new_request_id,
+)
 from services.gateway import errors
 from services.gateway.clients import SchedulerClient, WorkerChannels, WorkerLease
 from services.gateway.config import GatewaySettings
 from services.gateway.hints import RoutingHints
+from services.gateway.limits import cap_max_tokens
+from services.gateway.metrics.exchange import current_exchange
+from services.gateway.metrics.families import GatewayMetrics
+from services.gateway.metrics.meter import StreamMeter
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -37,9 +46,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "x-request-id"
-# Client-chosen ids end up in logs and headers; longer or odd ones are replaced.
-_MAX_REQUEST_ID_LENGTH = 128
+REQUEST_ID_HEADER = REQUEST_ID_KEY
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +70,11 @@ class Envelope:
 
 
 def request_id_from(headers: Mapping[str, str]) -> str:
-    given = headers.get(REQUEST_ID_HEADER)
-    if given and len(given) <= _MAX_REQUEST_ID_LENGTH and given.isascii() and given.isprintable():
-        return given
-    return uuid.uuid4().hex
+    """The id of the request being served, as request_ids.py set it for the whole request; a
+    request served without that middleware (a test) gets the header's id or a fresh one."""
+    return (
+        current_request_id() or clean_request_id(headers.get(REQUEST_ID_HEADER)) or new_request_id()
+    )
 
 
 def parse_envelope(body: bytes) -> Envelope:
@@ -107,7 +115,7 @@ def _assign_request(request: InferenceRequest) -> scheduler_pb2.AssignRequest:
 class GenerateStream:
     """An open Worker.Generate call whose head has arrived; `close()` exactly once when done."""
 
-    __slots__ = ("_lease", "call", "head", "worker_id")
+    __slots__ = ("_lease", "_meter", "call", "head", "worker_id")
 
     def __init__(
         self,
@@ -115,14 +123,29 @@ class GenerateStream:
         head: worker_pb2.ResponseHead,
         lease: WorkerLease,
         worker_id: str = "",
+        meter: StreamMeter | None = None,
     ) -> None:
         self.call = call
         self.head = head
         # Which worker answers: sent back as X-Worker-Id so operators (and tests) can see routing.
         self.worker_id = worker_id
         self._lease = lease
+        self._meter = meter
+
+    async def read(self) -> bytes | None:
+        """The next chunk of the body as the worker sent it; None at its end."""
+        message = await self.call.read()
+        # EOF is the only other thing read() returns (typed as a bare object).
+        if not isinstance(message, worker_pb2.GenerateResponse):
+            return None
+        if self._meter is not None:
+            self._meter.chunk(message.chunk)
+        return message.chunk
 
     async def close(self) -> None:
+        meter, self._meter = self._meter, None
+        if meter is not None:
+            meter.finish()
         # A no-op when the call already finished; otherwise the worker sees the cancellation and
         # stops llama-server's generation.
         self.call.cancel()
@@ -138,11 +161,14 @@ class Inference:
         scheduler: SchedulerClient,
         workers: WorkerChannels,
         clock: Clock | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._scheduler = scheduler
         self._workers = workers
         self._clock = clock or SystemClock()
+        # None when metrics are disabled: then the chunks pass unobserved.
+        self._metrics = metrics
 
     @property
     def settings(self) -> GatewaySettings:
@@ -150,6 +176,9 @@ class Inference:
 
     async def open(self, request: InferenceRequest) -> GenerateStream:
         """Assign, then Generate until the response head; raises errors.GatewayError."""
+        cap = self._settings.max_tokens
+        if cap > 0 and request.endpoint != common_pb2.ENDPOINT_KIND_EMBEDDINGS:
+            request = replace(request, body=cap_max_tokens(request.body, cap))
         deadline = self._clock.monotonic() + self._settings.request_timeout
         assign_request = _assign_request(request)
         attempts = 1 + self._settings.unavailable_retries
@@ -268,7 +297,34 @@ class Inference:
             call.cancel()
             await lease.release()
             raise errors.UpstreamError("worker ended the stream without a response head")
-        return GenerateStream(call, first.head, lease, assignment.worker_id)
+        return GenerateStream(
+            call,
+            first.head,
+            lease,
+            assignment.worker_id,
+            self._meter(request, assignment, first.head),
+        )
+
+    def _meter(
+        self,
+        request: InferenceRequest,
+        assignment: scheduler_pb2.AssignResponse,
+        head: worker_pb2.ResponseHead,
+    ) -> StreamMeter | None:
+        """Labels the request with the resolved model, and meters a 2xx answer when metrics are
+        on (an error answer has no tokens to time or count)."""
+        exchange = current_exchange()
+        if exchange is not None:
+            exchange.model = assignment.reference
+        if self._metrics is None or not 200 <= head.status_code < 300:
+            return None
+        return StreamMeter(
+            self._metrics,
+            self._clock,
+            model=assignment.reference,
+            started=exchange.started if exchange is not None else self._clock.monotonic(),
+            streaming=request.stream,
+        )
 
     async def _worker_unreachable(self, assignment: scheduler_pb2.AssignResponse) -> None:
         """The worker never saw the request, so it cannot release the lease: do it for it.

@@ -15,9 +15,9 @@ import grpc
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from modelrunner.v1 import worker_pb2
 from services.gateway import errors
 from services.gateway.inference import GenerateStream, Inference, InferenceRequest
+from services.gateway.upstream import llama_error
 
 __all__ = ["InferenceResponse"]
 
@@ -36,7 +36,6 @@ class InferenceResponse(Response):
         self.background = None
         self._inference = inference
         self._request = request
-        self._request_id = request.request_id.encode("ascii")
         # Set just before the last message is sent: from then on a disconnect is the normal end
         # of the exchange, and cleanup must not be interrupted.
         self._finishing = False
@@ -84,19 +83,12 @@ class InferenceResponse(Response):
                 "headers": [
                     (b"content-type", content_type),
                     (b"cache-control", b"no-cache"),
-                    (b"x-request-id", self._request_id),
                     (b"x-worker-id", stream.worker_id.encode("latin-1", "replace")),
                 ],
             }
         )
-        read = stream.call.read
         try:
-            while True:
-                message = await read()
-                # EOF is the only other thing read() returns (typed as a bare object).
-                if not isinstance(message, worker_pb2.GenerateResponse):
-                    break
-                chunk = message.chunk
+            while (chunk := await stream.read()) is not None:
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except grpc.aio.AioRpcError as exc:
@@ -124,19 +116,14 @@ class InferenceResponse(Response):
         limit = self._inference.settings.max_response_bytes
         parts: list[bytes] = []
         size = 0
-        read = stream.call.read
         try:
-            while True:
-                message = await read()
-                # EOF is the only other thing read() returns (typed as a bare object).
-                if not isinstance(message, worker_pb2.GenerateResponse):
-                    break
-                size += len(message.chunk)
+            while (chunk := await stream.read()) is not None:
+                size += len(chunk)
                 if size > limit:
                     raise errors.UpstreamError(
                         f"response is larger than GATEWAY_MAX_RESPONSE_BYTES ({limit} bytes)"
                     )
-                parts.append(message.chunk)
+                parts.append(chunk)
         except grpc.aio.AioRpcError as exc:
             await self._send_error(
                 send,
@@ -149,6 +136,12 @@ class InferenceResponse(Response):
             await self._send_error(send, err)
             return
         body = b"".join(parts)
+        if stream.head.status_code >= 500:
+            refusal = llama_error(stream.head.status_code, body)
+            if refusal.status_code < 500:
+                # Bad input that llama-server calls a server error (upstream.py).
+                await self._send_error(send, refusal)
+                return
         content_type = stream.head.content_type.encode("latin-1") or _JSON
         self._finishing = True
         await send(
@@ -158,7 +151,6 @@ class InferenceResponse(Response):
                 "headers": [
                     (b"content-type", content_type),
                     (b"content-length", str(len(body)).encode("ascii")),
-                    (b"x-request-id", self._request_id),
                     (b"x-worker-id", stream.worker_id.encode("latin-1", "replace")),
                 ],
             }
@@ -178,7 +170,6 @@ class InferenceResponse(Response):
         headers = [
             (b"content-type", _JSON),
             (b"content-length", str(len(body)).encode("ascii")),
-            (b"x-request-id", self._request_id),
         ]
         headers.extend(
             (name.lower().encode("latin-1"), value.encode("latin-1"))

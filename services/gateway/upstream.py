@@ -18,11 +18,10 @@ from typing import Any
 import grpc
 import orjson
 
-from modelrunner.v1 import worker_pb2
 from services.gateway import errors
 from services.gateway.inference import GenerateStream, Inference, InferenceRequest
 
-__all__ = ["UpstreamAnswer", "call_json", "open_events"]
+__all__ = ["UpstreamAnswer", "call_json", "llama_error", "open_events"]
 
 # SSE events are separated by a blank line; llama-server writes "\n\n".
 _EVENT_END = b"\n\n"
@@ -74,15 +73,11 @@ class UpstreamAnswer:
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The raw body as llama-server wrote it."""
-        read = self._stream.call.read
+        read = self._stream.read
         try:
-            while True:
-                message = await read()
-                # EOF is the only other thing read() returns (typed as a bare object).
-                if not isinstance(message, worker_pb2.GenerateResponse):
-                    return
-                if message.chunk:
-                    yield message.chunk
+            while (chunk := await read()) is not None:
+                if chunk:
+                    yield chunk
         except grpc.aio.AioRpcError as exc:
             raise errors.from_rpc_error(
                 exc, errors.RpcStep.GENERATE, retry_after=self._retry_after
@@ -99,7 +94,7 @@ async def open_events(
     answer = UpstreamAnswer(stream, settings.retry_after, settings.max_response_bytes)
     try:
         if not 200 <= stream.head.status_code < 300:
-            raise _http_error(stream.head.status_code, await _read_all(answer))
+            raise llama_error(stream.head.status_code, await _read_all(answer))
         yield answer
     finally:
         await answer.close()
@@ -114,7 +109,7 @@ async def call_json(inference: Inference, request: InferenceRequest) -> dict[str
     finally:
         await answer.close()
     if not 200 <= stream.head.status_code < 300:
-        raise _http_error(stream.head.status_code, body)
+        raise llama_error(stream.head.status_code, body)
     return _object(body)
 
 
@@ -127,6 +122,12 @@ async def _read_all(answer: UpstreamAnswer, *, limit: int = 1 << 20) -> bytes:
             raise errors.UpstreamError(f"the answer is larger than {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+# llama-server answers 500 to some requests it cannot parse (its parsers throw runtime_error,
+# which it reports as a server error): messages or tools of the wrong shape, image parts for a
+# model without a projector. They are the client's mistake: 400, so clients fix, not retry, them.
+_CLIENT_MISTAKES = ("Failed to parse", "image input is not supported")
 
 
 def _data_lines(event: bytes) -> list[bytes]:
@@ -152,12 +153,15 @@ def _message(payload: dict[str, Any]) -> str:
     return "llama-server failed"
 
 
-def _http_error(status: int, body: bytes) -> errors.GatewayError:
-    """llama-server's own error answer, with its status, for the route to render."""
+def llama_error(status: int, body: bytes) -> errors.GatewayError:
+    """llama-server's own error answer, with its status, for the route to render; 400 for the
+    bad input it answers as a server error (_CLIENT_MISTAKES)."""
     try:
         message = _message(_object(body))
     except errors.UpstreamError:
         message = body.decode(errors="replace")[:500] or f"llama-server answered {status}"
+    if status >= 500 and message.startswith(_CLIENT_MISTAKES):
+        status = 400
     kind = errors.InvalidRequest if 400 <= status < 500 else errors.UpstreamError
     err: errors.GatewayError = kind(message)
     err.status_code = status

@@ -19,6 +19,7 @@ from services.registry.remote_inspect import RemoteInspector
 from services.registry.server import SERVICE_NAME, RegistryServicer
 from services.registry.transfer import BlobClient, BlobDownloader
 from services.registry.upload import Uploader
+from services.registry.verify import StoreVerifier
 
 __all__ = ["RegistryApp", "build_registry", "remote_http_client"]
 
@@ -99,7 +100,7 @@ async def build_registry(
         metrics=metrics,
     )
     inspector = RemoteInspector(http, remote, max_metadata_bytes=settings.max_metadata_bytes)
-    server = GrpcServer(settings.listen_address, [SERVICE_NAME])
+    server = GrpcServer(settings.listen_address, [SERVICE_NAME], security=settings.security)
     registry_pb2_grpc.add_RegistryServicer_to_server(
         RegistryServicer(
             store,
@@ -109,6 +110,8 @@ async def build_registry(
             inspector=inspector,
             uploader=uploader,
             fetch_chunk_bytes=settings.fetch_chunk_bytes,
+            upload_drain_timeout=settings.upload_drain_timeout,
+            verifier=StoreVerifier(store, io_chunk_bytes=settings.io_chunk_bytes),
         ),
         server.server,
     )

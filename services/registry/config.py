@@ -15,6 +15,7 @@ from services.common.env import (
     env_path,
     env_str,
 )
+from services.common.internal_security import InternalSecurity
 from services.common.logs import LogFormat, parse_log_format
 from services.common.reference import DEFAULT_REGISTRY, InvalidReference, parse_reference
 
@@ -181,6 +182,8 @@ class RegistrySettings:
     # `~` is expanded by from_env.
     models_path: Path = _DEFAULT_MODELS_PATH
     listen_address: str = "127.0.0.1:50051"
+    # Mutual TLS and the internal token for its gRPC server (MODEL_RUNNER_TLS_*).
+    security: InternalSecurity = field(default_factory=InternalSecurity)
     # Seconds in-flight RPCs (a FetchBlob stream, say) get after SIGTERM.
     shutdown_grace: float = 5.0
     # Size of each FetchBlob message: large enough to keep the stream busy, far below the
@@ -196,6 +199,9 @@ class RegistrySettings:
     incomplete_max_age: float = 7 * _DAY
     # Largest GGUF PackageUpload accepts (64 GiB).
     max_upload_bytes: int = 64 * 1024 * _MIB
+    # A refused upload is read to its end (for at most this long) before the error is answered:
+    # a status sent while the client still writes reaches it as INTERNAL (grpc/grpc#36066).
+    upload_drain_timeout: float = 30.0
     # Directories Package may read from; empty means any path the registry can read.
     package_allowed_dirs: tuple[Path, ...] = ()
     log_level: str = "INFO"
@@ -212,6 +218,7 @@ class RegistrySettings:
         settings = cls(
             models_path=env_path(env, "MODELS_PATH", defaults.models_path),
             listen_address=env_str(env, "REGISTRY_LISTEN_ADDRESS", defaults.listen_address),
+            security=InternalSecurity.from_env(env),
             shutdown_grace=env_duration(env, "REGISTRY_SHUTDOWN_GRACE", defaults.shutdown_grace),
             fetch_chunk_bytes=env_int(
                 env, "REGISTRY_FETCH_CHUNK_BYTES", defaults.fetch_chunk_bytes
@@ -227,6 +234,9 @@ class RegistrySettings:
                 env, "REGISTRY_INCOMPLETE_MAX_AGE", defaults.incomplete_max_age
             ),
             max_upload_bytes=env_int(env, "REGISTRY_MAX_UPLOAD_BYTES", defaults.max_upload_bytes),
+            upload_drain_timeout=env_duration(
+                env, "REGISTRY_UPLOAD_DRAIN_TIMEOUT", defaults.upload_drain_timeout
+            ),
             package_allowed_dirs=_dirs(env.get("REGISTRY_PACKAGE_ALLOWED_DIRS", "")),
             log_level=env_str(env, "LOG_LEVEL", defaults.log_level),
             log_format=parse_log_format(env_str(env, "LOG_FORMAT", defaults.log_format)),
@@ -253,6 +263,8 @@ class RegistrySettings:
                 raise SettingError(f"{name} must be positive, got {value}")
         if self.shutdown_grace < 0:
             raise SettingError("REGISTRY_SHUTDOWN_GRACE must not be negative")
+        if self.upload_drain_timeout < 0:
+            raise SettingError("REGISTRY_UPLOAD_DRAIN_TIMEOUT must not be negative")
         if self.metrics_store_interval < 0:
             raise SettingError("REGISTRY_METRICS_STORE_INTERVAL must not be negative")
 

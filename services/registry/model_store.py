@@ -150,7 +150,12 @@ class ModelStore:
 
     # Reading
 
-    async def _read_manifest(self, digest: str) -> Manifest:
+    async def document(self) -> IndexDocument:
+        """The index as it is now: a snapshot, since writers replace index.json atomically."""
+        return await self._index.read()
+
+    async def read_manifest(self, digest: str) -> Manifest:
+        """The manifest blob `digest`, verified against its digest and parsed."""
         data = await self.blobs.read_bytes(digest, limit=self._max_metadata_bytes)
         return parse_manifest(data)
 
@@ -158,7 +163,7 @@ class ModelStore:
         entry = document.entry_for_digest(digest)
         if entry is not None and entry.media_type != MEDIA_TYPE_MANIFEST:
             raise StoreCorrupt(f"{digest} is a {entry.media_type}, not a model manifest")
-        manifest = await self._read_manifest(digest)
+        manifest = await self.read_manifest(digest)
         config_type = manifest.config.media_type
         if config_type not in CONFIG_MEDIA_TYPES:
             raise StoreCorrupt(f"{digest}: config type {config_type!r} is not a model config")
@@ -310,7 +315,7 @@ class ModelStore:
                 )
             candidates = [digest]
             try:
-                candidates.extend((await self._read_manifest(digest)).blob_digests())
+                candidates.extend((await self.read_manifest(digest)).blob_digests())
             except (NotFound, StoreCorrupt, InvalidArgument) as exc:
                 _log.warning("deleting %s without collecting its blobs: %s", digest, exc)
             await self._index.update(lambda current: current.without_digest(digest))
@@ -361,7 +366,7 @@ class ModelStore:
         for digest in document.digests():
             live.add(digest)
             try:
-                live.update((await self._read_manifest(digest)).blob_digests())
+                live.update((await self.read_manifest(digest)).blob_digests())
             except (NotFound, StoreCorrupt, InvalidArgument) as exc:
                 # Its references are unknown; deleting anything now could break it further.
                 _log.warning("skipping garbage collection, manifest %s unreadable: %s", digest, exc)

@@ -16,7 +16,6 @@ The choice is made on the manifest and config; the layers come from the endpoint
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from services.registry.progress import (
     format_bytes,
     progress_event,
 )
+from services.registry.store.json_document import load_json
 from services.registry.store.manifests import (
     CONFIG_MEDIA_TYPES,
     MEDIA_TYPE_MANIFEST,
@@ -132,9 +132,12 @@ async def open_session(
 def check_manifest(remote: RemoteManifest) -> Manifest:
     """Refuse indexes, Docker images and non-model configs, naming the media type."""
     try:
-        declared = json.loads(remote.data).get("mediaType") or remote.media_type
-    except (ValueError, AttributeError) as exc:
-        raise RemoteProtocolError(f"manifest is not a JSON object: {exc}") from exc
+        raw = load_json(remote.data, "manifest")
+    except StoreCorrupt as exc:
+        raise RemoteProtocolError(str(exc)) from exc
+    if not isinstance(raw, dict):
+        raise RemoteProtocolError("manifest is not a JSON object")
+    declared = raw.get("mediaType") or remote.media_type
     if declared and declared != MEDIA_TYPE_MANIFEST:
         raise UnsupportedMediaType(
             f"manifest media type {declared!r} is not supported; a model is a single "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, NoReturn, TypeVar
@@ -34,6 +36,7 @@ from services.registry.push import Pusher
 from services.registry.remote_inspect import RemoteInspector
 from services.registry.store.manifests import Descriptor
 from services.registry.upload import Uploader, UploadHeader
+from services.registry.verify import BlobStatus, StoreVerifier, VerifyReport
 
 __all__ = [
     "SERVICE_NAME",
@@ -41,6 +44,7 @@ __all__ = [
     "descriptor_to_proto",
     "event_to_proto",
     "model_to_proto",
+    "verify_report_to_proto",
 ]
 
 SERVICE_NAME: str = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
@@ -143,6 +147,33 @@ def event_to_proto(event: TransferEvent) -> registry_pb2.TransferProgress:
     return message
 
 
+_BLOB_STATUS = {
+    BlobStatus.OK: registry_pb2.BLOB_STATUS_OK,
+    BlobStatus.CORRUPT: registry_pb2.BLOB_STATUS_CORRUPT,
+    BlobStatus.MISSING: registry_pb2.BLOB_STATUS_MISSING,
+}
+
+
+def verify_report_to_proto(report: VerifyReport) -> registry_pb2.VerifyResponse:
+    return registry_pb2.VerifyResponse(
+        blobs=[
+            registry_pb2.BlobVerification(
+                digest=blob.digest,
+                size=blob.size,
+                status=_BLOB_STATUS[blob.status],
+                models=list(blob.models),
+                detail=blob.detail,
+            )
+            for blob in report.blobs
+        ],
+        models=report.models,
+        ok=report.count(BlobStatus.OK),
+        corrupt=report.count(BlobStatus.CORRUPT),
+        missing=report.count(BlobStatus.MISSING),
+        bytes_checked=report.bytes_checked,
+    )
+
+
 def _credentials(message: registry_pb2.RegistryCredentials) -> Credentials:
     return Credentials(
         bearer_token=message.bearer_token, username=message.username, password=message.password
@@ -194,6 +225,16 @@ async def _gguf_chunks(
     raise InvalidArgument("upload incomplete: the stream ended before its end marker")
 
 
+async def _drain(
+    messages: AsyncIterator[registry_pb2.PackageUploadRequest], timeout: float
+) -> None:
+    """Read and drop what the client still sends, until it half-closes or `timeout` passes."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            async for _ in messages:
+                pass
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     def __init__(
         self,
@@ -205,8 +246,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         inspector: RemoteInspector,
         uploader: Uploader,
         fetch_chunk_bytes: int,
+        upload_drain_timeout: float = 30.0,
+        verifier: StoreVerifier | None = None,
     ) -> None:
         self._store = store
+        self._upload_drain_timeout = upload_drain_timeout
+        self._verifier = verifier or StoreVerifier(store, io_chunk_bytes=fetch_chunk_bytes)
         self._packager = packager
         self._uploader = uploader
         self._puller = puller
@@ -260,7 +305,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             license=header.license,
             chat_template=header.chat_template,
         )
-        model = await _call(context, self._uploader.receive(upload, _gguf_chunks(request_iterator)))
+        try:
+            model = await self._uploader.receive(upload, _gguf_chunks(request_iterator))
+        except RegistryError as error:
+            # A status sent while the client still writes reaches it as INTERNAL "Internal error
+            # from Core" instead of this error (grpc/grpc#36066): read the rest of the upload
+            # first (dropping it), as an HTTP server reads a body it refuses.
+            await _drain(request_iterator, self._upload_drain_timeout)
+            await _abort(context, error)
         return registry_pb2.PackageResponse(model=model_to_proto(model))
 
     async def Purge(
@@ -276,6 +328,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> registry_pb2.DiskUsageResponse:
         blobs, incomplete = await _call(context, self._store.blobs.disk_usage())
         return registry_pb2.DiskUsageResponse(blobs_bytes=blobs, incomplete_bytes=incomplete)
+
+    async def Verify(
+        self, request: registry_pb2.VerifyRequest, context: _Context
+    ) -> registry_pb2.VerifyResponse:
+        return verify_report_to_proto(await _call(context, self._verifier.verify()))
 
     async def ListModels(
         self, request: registry_pb2.ListModelsRequest, context: _Context

@@ -27,7 +27,7 @@ __all__ = ["main"]
 async def serve(settings: SchedulerSettings) -> None:
     clock = SystemClock()
     resolver = CachingModelResolver(
-        GrpcModelResolver(settings.registry_address),
+        GrpcModelResolver(settings.registry_address, security=settings.security),
         ttl=settings.resolve_cache_ttl,
         max_entries=settings.resolve_cache_entries,
         clock=clock,
@@ -36,12 +36,12 @@ async def serve(settings: SchedulerSettings) -> None:
     app = SchedulerApp(
         settings,
         resolver=resolver,
-        workers=GrpcWorkerClient(),
+        workers=GrpcWorkerClient(security=settings.security),
         clock=clock,
         metrics=SchedulerMetrics(metrics_registry),
     )
     metrics_registry.register(SchedulerCollector(app.control))
-    server = GrpcServer(settings.listen_address, [SERVICE_NAME])
+    server = GrpcServer(settings.listen_address, [SERVICE_NAME], security=settings.security)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(
         SchedulerServicer(app.control, settings), server.server
     )

@@ -85,11 +85,19 @@ class SchedulerApp:
                 await asyncio.wait_for(self._stop.wait(), self.settings.autoscale_interval)
 
     async def _sweep_loop(self) -> None:
-        """Every heartbeat interval, forget dead workers and expired leases."""
+        """Every heartbeat interval, forget dead workers and expired leases. How late each pass
+        starts is the event loop's lag, which the sweep forgives (lag.py). The lag is measured
+        on the loop's own clock: the injected clock may jump (tests), which is not lag."""
+        loop = asyncio.get_running_loop()
+        due: float | None = None
         while not self._stop.is_set():
+            now = self.clock.monotonic()
+            if due is not None:
+                self.control.lag.record(now, loop.time() - due)
             try:
-                await self.control.sweep(self.clock.monotonic())
+                await self.control.sweep(now)
             except Exception:  # one failed pass must not stop dead-worker detection for good
                 _log.exception("sweep failed")
+            due = loop.time() + self.settings.heartbeat_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.settings.heartbeat_interval)

@@ -15,6 +15,7 @@ from services.common.env import (
     env_path,
     env_str,
 )
+from services.common.internal_security import InternalSecurity
 from services.common.logs import LogFormat, parse_log_format
 from services.scheduler.routing import POLICY_NAMES
 
@@ -33,6 +34,8 @@ def _default_state_path() -> Path:
 class SchedulerSettings:
     listen_address: str = "127.0.0.1:50052"
     registry_address: str = "127.0.0.1:50051"
+    # Mutual TLS and the internal token for its server and its channels (MODEL_RUNNER_TLS_*).
+    security: InternalSecurity = field(default_factory=InternalSecurity)
     # Seconds an idle runner stays loaded; None means never unload (MODEL_KEEP_ALIVE=-1).
     keep_alive: float | None = _DEFAULT_KEEP_ALIVE
     heartbeat_interval: float = _DEFAULT_HEARTBEAT_INTERVAL
@@ -44,6 +47,9 @@ class SchedulerSettings:
     # Longest wait for a free slot once the model is loaded (a cold load adds load_timeout).
     queue_timeout: float = 60.0
     max_leases: int = 65_536
+    # Assign calls being answered at once (queued ones included); more -> RESOURCE_EXHAUSTED
+    # (queue-full) at once, so a flood of Assigns cannot starve heartbeats of the event loop.
+    max_assigns_in_flight: int = 4096
     rpc_timeout: float = 10.0
     # 0 disables the cache: every Assign asks the registry.
     resolve_cache_ttl: float = 2.0
@@ -67,7 +73,9 @@ class SchedulerSettings:
     default_max_replicas: int = 1
     routing: str = "affinity"
     affinity_entries: int = 100_000
-    # Affinity yields to load when its replica has this many more requests than the least busy.
+    # Affinity yields to load when its replica has more than this many requests above the least
+    # busy one; capped at the replica's slots - 2 (but >= 1 unless 0) so that it bites with few
+    # slots (routing.py).
     affinity_max_imbalance: int = 2
     # Scale up when waiting requests per replica stay above this for scale_up_after.
     scale_up_queue: float = 2.0
@@ -83,6 +91,7 @@ class SchedulerSettings:
         settings = cls(
             listen_address=env_str(env, "SCHEDULER_LISTEN_ADDRESS", cls.listen_address),
             registry_address=env_str(env, "REGISTRY_ADDRESS", cls.registry_address),
+            security=InternalSecurity.from_env(env),
             keep_alive=None if keep_alive < 0 else keep_alive,
             heartbeat_interval=interval,
             worker_timeout=env_duration(
@@ -94,6 +103,9 @@ class SchedulerSettings:
                 env, "SCHEDULER_MAX_WAITING_PER_MODEL", cls.max_waiting_per_model
             ),
             max_leases=env_int(env, "SCHEDULER_MAX_LEASES", cls.max_leases),
+            max_assigns_in_flight=env_int(
+                env, "SCHEDULER_MAX_ASSIGNS_IN_FLIGHT", cls.max_assigns_in_flight
+            ),
             rpc_timeout=env_duration(env, "SCHEDULER_RPC_TIMEOUT", cls.rpc_timeout),
             resolve_cache_ttl=env_duration(
                 env, "SCHEDULER_RESOLVE_CACHE_TTL", cls.resolve_cache_ttl
@@ -139,6 +151,7 @@ class SchedulerSettings:
             "SCHEDULER_RPC_TIMEOUT": self.rpc_timeout,
             "SCHEDULER_MAX_WAITING_PER_MODEL": self.max_waiting_per_model,
             "SCHEDULER_MAX_LEASES": self.max_leases,
+            "SCHEDULER_MAX_ASSIGNS_IN_FLIGHT": self.max_assigns_in_flight,
             "SCHEDULER_RESOLVE_CACHE_ENTRIES": self.resolve_cache_entries,
             "SCHEDULER_QUEUE_TIMEOUT": self.queue_timeout,
             "SCHEDULER_DEFAULT_CONTEXT_SIZE": self.default_context_size,

@@ -1,33 +1,35 @@
 """The scheduler's operations, in domain terms: what each RPC does, without any proto.
 
 `ControlPlane` composes the owners of state (membership, leases, loader, queue, configurations),
-the replica manager (where and how many replicas run: replicas.py) and the routing policy. Every state change happens between
-awaits: an Assign that finds a free slot takes its lease in one step of the event loop, and a
-released slot is handed to the next waiter in the same step as the release. No lock is needed.
+the replica manager (where and how many replicas run: replicas.py) and the dispatcher (who gets
+a free slot now: dispatch.py). Every state change happens between awaits, so no lock is needed.
 
-Capacity is counted in llama-server slots: a replica takes at most `parallel` leases; further
-requests wait in the model's queue (priority order) instead of piling up inside llama-server, so
-the scheduler sees the real demand and can add replicas.
+Admission is bounded: at most `max_assigns_in_flight` Assigns are answered at once, waiting ones
+included; beyond that an Assign is refused at once (QueueFull), so a flood of requests cannot
+take the event loop from heartbeats. Requests over capacity wait in their model's queue instead
+of piling up inside llama-server, so the scheduler sees the real demand and can add replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from services.common.clock import Clock
 from services.scheduler.assignment import Assignment
 from services.scheduler.config import SchedulerSettings
+from services.scheduler.dispatch import Dispatcher
 from services.scheduler.errors import (
     InvalidRequest,
-    LoadTimeout,
     ModelBusy,
     QueueFull,
     SchedulerError,
+    WorkersBusy,
 )
-from services.scheduler.keepalive import Reaper
+from services.scheduler.keepalive import KeepAlives, Reaper
+from services.scheduler.lag import LagTracker
 from services.scheduler.leases import LeaseTable
 from services.scheduler.loader import Loader, LoadOutcome
 from services.scheduler.membership import Membership
@@ -36,43 +38,23 @@ from services.scheduler.model_configs import (
     ConfigEntry,
     ConfigStore,
     ModelRuntimeConfig,
-    effective_keep_alive,
 )
-from services.scheduler.queue import RequestQueue, Waiter
+from services.scheduler.queue import RequestQueue
 from services.scheduler.replicas import ReplicaManager
-from services.scheduler.resolver import ModelResolver, ResolvedModel, normalize_reference
+from services.scheduler.resolver import ModelResolver, normalize_reference
 from services.scheduler.routing import RouteRequest, RoutingPolicy, make_policy
-from services.scheduler.snapshot import (
-    ClusterSnapshot,
-    RunnerReport,
-    RunnerState,
-    RunnerView,
-    WorkerSpec,
-    WorkerView,
+from services.scheduler.snapshot import ClusterSnapshot, RunnerReport, RunnerState, WorkerSpec
+from services.scheduler.status import (
+    PlacementStatus,
+    WorkerStatus,
+    placement_statuses,
+    worker_statuses,
 )
 from services.scheduler.workers import WorkerClient
 
 __all__ = ["Assignment", "ControlPlane", "PlacementStatus", "WorkerStatus"]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PlacementStatus:
-    runner: RunnerView
-    # Unix seconds; None when never used / never expiring.
-    last_used: float | None
-    expires: float | None
-    queued: int
-    worker_tags: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class WorkerStatus:
-    worker: WorkerView
-    # Unix seconds.
-    last_seen: float
-    memory_reserved_bytes: int
 
 
 class ControlPlane:
@@ -116,9 +98,7 @@ class ControlPlane:
             on_finished=self._load_finished,
             metrics=self.metrics,
         )
-        # Ollama-style per-request keep-alive, per model (None: never unload); bounded by the
-        # models the registry resolves, and dropped when the model leaves every worker.
-        self._requested_keep_alive: dict[str, float | None] = {}
+        self.keep_alives = KeepAlives(default=settings.keep_alive, configs=self.configs)
         self.replicas = ReplicaManager(
             settings,
             membership=self.membership,
@@ -131,6 +111,17 @@ class ControlPlane:
             snapshot=self.snapshot,
             metrics=self.metrics,
         )
+        self.dispatcher = Dispatcher(
+            membership=self.membership,
+            leases=self.leases,
+            queue=self.queue,
+            replicas=self.replicas,
+            policy=self.policy,
+            clock=clock,
+        )
+        # How late the event loop runs; the dead-worker sweep forgives it (lag.py).
+        self.lag = LagTracker(window=settings.worker_timeout)
+        self._assigning = 0
         self.reaper = Reaper(
             membership=self.membership,
             leases=self.leases,
@@ -162,7 +153,19 @@ class ControlPlane:
         if previous is not None and previous.address != spec.address:
             self.leases.drop_worker(spec.worker_id)
             await self._discard_address(previous.address)
-        self._dispatch_all()
+        elif previous is not None:
+            # Restarted on the same address before the sweep saw it die: the requests of the old
+            # process are gone, and their leases would hold its slots until SCHEDULER_LEASE_TIMEOUT.
+            dropped = self.leases.drop_missing(
+                spec.worker_id, {(r.model_id, r.generation) for r in runners}
+            )
+            if dropped:
+                _log.warning(
+                    "dropped %d lease(s) of worker %s on runners it no longer has",
+                    len(dropped),
+                    spec.worker_id,
+                )
+        self.dispatcher.dispatch_all()
 
     def heartbeat(
         self,
@@ -181,7 +184,7 @@ class ControlPlane:
         for report in runners:
             if report.state in (RunnerState.FAILED, RunnerState.STOPPED):
                 self.policy.forget(worker_id, report.model_id)
-        self._dispatch_all()
+        self.dispatcher.dispatch_all()
         return True
 
     # Requests --------------------------------------------------------------------------------
@@ -205,15 +208,22 @@ class ControlPlane:
         negative: never unload) overrides the model's keep-alive from now on, as Ollama's does.
         """
         with self.metrics.observe_assign(self._clock):
-            return await self._assign(
-                model,
-                affinity_key=affinity_key,
-                prefix_hashes=tuple(prefix_hashes),
-                priority=priority,
-                required_tags=required_tags,
-                keep_alive=keep_alive,
-                timeout=timeout,
-            )
+            limit = self._settings.max_assigns_in_flight
+            if self._assigning >= limit:
+                raise QueueFull(f"the scheduler is answering {limit} requests already; retry later")
+            self._assigning += 1
+            try:
+                return await self._assign(
+                    model,
+                    affinity_key=affinity_key,
+                    prefix_hashes=tuple(prefix_hashes),
+                    priority=priority,
+                    required_tags=required_tags,
+                    keep_alive=keep_alive,
+                    timeout=timeout,
+                )
+            finally:
+                self._assigning -= 1
 
     async def _assign(
         self,
@@ -235,48 +245,37 @@ class ControlPlane:
         model_id = resolved.model_id
         self.replicas.models[model_id] = resolved
         if keep_alive is not None:
-            self._requested_keep_alive[model_id] = None if keep_alive < 0 else keep_alive
+            self.keep_alives.request(model_id, keep_alive)
         tags = self.replicas.required_tags(model_id, required_tags)
         request = RouteRequest(
             model_id=model_id, affinity_key=affinity_key, prefix_hashes=prefix_hashes
         )
         if self.queue.waiting(model_id) == 0:
-            assignment = self._route(resolved, request, tags)
+            assignment = self.dispatcher.route(resolved, request, tags)
             if assignment is not None:
                 return assignment
-        self.replicas.ensure_replica(resolved, tags)
+        with contextlib.suppress(WorkersBusy):
+            # The request waits for a busy worker to make room; the autoscaler places it then.
+            self.replicas.ensure_replica(resolved, tags)
         waiter = self.queue.enqueue(model_id, request, priority, tags)
         enqueued_at = self._clock.monotonic()
-        self._dispatch(model_id)
+        self.dispatcher.dispatch(model_id)
         wait = self._settings.queue_timeout
-        loading = self.loader.busy(model_id)
-        if loading:
+        if self.loader.busy(model_id):
             wait += self._settings.load_timeout
         if timeout is not None:
             wait = min(wait, timeout - (loop.time() - started))
         try:
-            async with asyncio.timeout(max(wait, 0.0)):
-                return await asyncio.shield(waiter.future)
-        except TimeoutError:
-            if waiter.future.done() and not waiter.future.exception():
-                return waiter.future.result()
-            self.queue.discard(waiter)
-            if self.loader.busy(model_id):
-                raise LoadTimeout(
-                    f"{resolved.reference} was not ready within {max(wait, 0.0):.1f}s"
-                ) from None
-            raise QueueFull(
-                f"waited {max(wait, 0.0):.1f}s for a free slot of {resolved.reference}; retry later"
-            ) from None
-        except asyncio.CancelledError:
-            self._abandon(waiter)
-            raise
+            return await self.dispatcher.wait(
+                waiter, resolved, max(wait, 0.0), loading=self.loader.busy, give_back=self.release
+            )
         finally:
             self.metrics.queue_waited(resolved.reference, self._clock.monotonic() - enqueued_at)
 
     def release(self, lease_id: str, *, runner_failed: bool = False) -> None:
         lease = self.leases.release(lease_id)
-        self.membership.touch(lease.worker_id, lease.model_id, self._clock.monotonic())
+        now = self._clock.monotonic()
+        self.membership.touch(lease.worker_id, lease.model_id, now)
         if runner_failed and self.membership.mark_failed(
             lease.worker_id, lease.model_id, lease.generation, "a request saw the runner fail"
         ):
@@ -286,21 +285,16 @@ class ControlPlane:
                 lease.model_id,
                 lease.worker_id,
             )
-        self._dispatch(lease.model_id)
-        self.reaper.poke()
+        self.dispatcher.dispatch(lease.model_id)
+        keep_alive = self.keep_alive_for(lease.model_id)
+        if keep_alive is not None and not self.leases.holds(lease.worker_id, lease.model_id):
+            self.reaper.due_by(now + keep_alive)
 
     # Configuration ---------------------------------------------------------------------------
 
     def keep_alive_for(self, model_id: str) -> float | None:
-        """Seconds an idle runner of the model stays loaded; None: never unloaded.
-
-        The last request that named a keep-alive (Ollama's `keep_alive`) wins over the model's
-        configuration, which wins over MODEL_KEEP_ALIVE.
-        """
-        if model_id in self._requested_keep_alive:
-            return self._requested_keep_alive[model_id]
-        entry = self.configs.get(model_id)
-        return effective_keep_alive(entry.config if entry else None, self._settings.keep_alive)
+        """Seconds an idle runner of the model stays loaded; None: never unloaded."""
+        return self.keep_alives.for_model(model_id)
 
     async def configure(self, model: str, config: ModelRuntimeConfig) -> ConfigEntry:
         """Store the model's configuration; idle runners started with the old one are unloaded,
@@ -332,41 +326,17 @@ class ControlPlane:
     # Status and operator actions -------------------------------------------------------------
 
     def placements(self) -> list[PlacementStatus]:
-        now = self._clock.monotonic()
-        to_wall = self._clock.wall() - now
-        snapshot = self.membership.snapshot(now, self.leases.in_flight())
-        statuses = []
-        for worker in snapshot.alive_workers():
-            for runner in worker.runners:
-                keep_alive = self.keep_alive_for(runner.model_id)
-                last_used = None if runner.last_used is None else runner.last_used + to_wall
-                expires = None if keep_alive is None else runner.idle_since + keep_alive + to_wall
-                statuses.append(
-                    PlacementStatus(
-                        runner=runner,
-                        last_used=last_used,
-                        expires=expires,
-                        queued=self.queue.waiting(runner.model_id),
-                        worker_tags=worker.spec.tags,
-                    )
-                )
-        return statuses
+        snapshot = self.snapshot()
+        return placement_statuses(
+            snapshot,
+            to_wall=self._clock.wall() - snapshot.taken_at,
+            keep_alive_for=self.keep_alive_for,
+            waiting=self.queue.waiting,
+        )
 
     def workers(self) -> list[WorkerStatus]:
-        now = self._clock.monotonic()
-        to_wall = self._clock.wall() - now
-        return [
-            WorkerStatus(
-                worker=worker,
-                last_seen=worker.last_seen + to_wall,
-                memory_reserved_bytes=sum(
-                    r.report.memory_bytes
-                    for r in worker.runners
-                    if r.state not in (RunnerState.FAILED, RunnerState.STOPPED)
-                ),
-            )
-            for worker in self.membership.snapshot(now, self.leases.in_flight()).workers
-        ]
+        snapshot = self.snapshot()
+        return worker_statuses(snapshot, to_wall=self._clock.wall() - snapshot.taken_at)
 
     async def unload_models(self, *, everything: bool, models: Sequence[str]) -> int:
         """Unload idle runners of the named models (or of all); busy runners stay, as in DMR."""
@@ -390,8 +360,9 @@ class ControlPlane:
     # Maintenance -----------------------------------------------------------------------------
 
     async def sweep(self, now: float) -> None:
-        """Forget dead workers (and their leases), and leases never released."""
-        dead = self.membership.expire_dead(now)
+        """Forget dead workers (and their leases), and leases never released. A worker gets
+        the event loop's recent lag on top of the worker timeout (lag.py)."""
+        dead = self.membership.expire_dead(now, grace=self.lag.grace(now))
         self.metrics.workers_lost(len(dead))
         for spec in dead:
             dropped = self.leases.drop_worker(spec.worker_id)
@@ -409,11 +380,11 @@ class ControlPlane:
             )
             self.membership.touch(lease.worker_id, lease.model_id, now)
         if dead or expired:
-            self._dispatch_all()
+            self.dispatcher.dispatch_all()
             self.reaper.poke()
-        for model_id in list(self._requested_keep_alive):
-            if not self.replicas.replicas(model_id) and not self.queue.waiting(model_id):
-                del self._requested_keep_alive[model_id]
+        self.keep_alives.prune(
+            lambda model_id: bool(self.replicas.replicas(model_id) or self.queue.waiting(model_id))
+        )
 
     async def autoscale_once(self, now: float) -> None:
         await self.replicas.autoscale_once(now)
@@ -424,60 +395,12 @@ class ControlPlane:
         await self._workers.aclose()
         await self._resolver.aclose()
 
-    # Internals: routing and queueing ---------------------------------------------------------
-
-    def _route(
-        self, model: ResolvedModel, request: RouteRequest, tags: Mapping[str, str]
-    ) -> Assignment | None:
-        free = [
-            r
-            for r in self.replicas.replicas(model.model_id, tags)
-            if r.routable and r.in_flight < self.replicas.slots(r)
-        ]
-        chosen = self.policy.choose(free, request)
-        if chosen is None:
-            return None
-        now = self._clock.monotonic()
-        lease = self.leases.create(chosen.worker_id, model.model_id, chosen.report.generation, now)
-        self.membership.touch(chosen.worker_id, model.model_id, now, assigned=True)
-        self.policy.record(chosen, request)
-        return Assignment(
-            lease_id=lease.lease_id,
-            worker_id=chosen.worker_id,
-            worker_address=chosen.worker_address,
-            model_id=model.model_id,
-            reference=model.reference,
-        )
-
-    def _dispatch(self, model_id: str) -> None:
-        """Serve the model's waiters, in priority order, while a replica has a free slot."""
-        model = self.replicas.models.get(model_id)
-        if model is None:
-            return
-        while (waiter := self.queue.peek(model_id)) is not None:
-            if waiter.future.done():
-                self.queue.discard(waiter)
-                continue
-            assignment = self._route(model, waiter.request, waiter.required_tags)
-            if assignment is None:
-                return
-            self.queue.serve(waiter, assignment)
-
-    def _dispatch_all(self) -> None:
-        for model_id in self.queue.models():
-            self._dispatch(model_id)
-
-    def _abandon(self, waiter: Waiter[Assignment]) -> None:
-        """The caller went away while waiting; a lease it was just given goes back."""
-        self.queue.discard(waiter)
-        future = waiter.future
-        if future.done() and not future.cancelled() and future.exception() is None:
-            self.release(future.result().lease_id)
+    # Internals -------------------------------------------------------------------------------
 
     def _load_finished(self, outcome: LoadOutcome) -> None:
         model_id = outcome.model.model_id
         if outcome.error is None:
-            self._dispatch(model_id)
+            self.dispatcher.dispatch(model_id)
             return
         if self.loader.busy(model_id) or any(r.routable for r in self.replicas.replicas(model_id)):
             return

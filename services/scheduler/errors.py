@@ -6,10 +6,12 @@ SchedulerError
 ├── ModelNotFound              NOT_FOUND          the registry does not have the model
 ├── UnknownLease               NOT_FOUND          released twice, expired, or from before a restart
 ├── ModelBusy                  FAILED_PRECONDITION  reconfiguring a model while it serves requests
-├── InsufficientMemory         RESOURCE_EXHAUSTED  no worker fits the model even after eviction
-│                                                  (reason "insufficient-memory": HTTP 507)
+├── InsufficientMemory         RESOURCE_EXHAUSTED  no worker could hold the model, even with
+│                                                  nothing else loaded ("insufficient-memory": 507)
 ├── Unavailable                UNAVAILABLE        nothing can serve the request right now
 │   ├── NoWorkerAvailable      no alive worker matches
+│   ├── WorkersBusy            the workers that could hold the model are busy; Assign waits
+│   │                          in the queue instead of raising it (a timeout is QueueFull)
 │   ├── LoadFailed             the worker could not start the model (carries its reason)
 │   ├── RegistryUnavailable    the registry did not answer
 │   └── ShuttingDown           the scheduler is stopping
@@ -35,6 +37,7 @@ __all__ = [
     "ShuttingDown",
     "Unavailable",
     "UnknownLease",
+    "WorkersBusy",
 ]
 
 
@@ -72,6 +75,11 @@ class Unavailable(SchedulerError):
 
 class NoWorkerAvailable(Unavailable):
     """No alive worker can take the model."""
+
+
+class WorkersBusy(Unavailable):
+    """Workers that could hold the model are full of runners that serve requests; one of them
+    will make room when it goes idle."""
 
 
 class LoadFailed(Unavailable):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -83,6 +83,24 @@ class LeaseTable:
             del self._leases[lease.lease_id]
             self._forget(lease)
         return dropped
+
+    def drop_missing(self, worker_id: str, runners: Collection[tuple[str, int]]) -> list[Lease]:
+        """Forget the worker's leases on runners, as (model id, generation), that it no longer
+        reports: a worker that restarted on the same address lost those requests with its old
+        process and will never release them."""
+        dropped = [
+            lease
+            for lease in self._leases.values()
+            if lease.worker_id == worker_id and (lease.model_id, lease.generation) not in runners
+        ]
+        for lease in dropped:
+            del self._leases[lease.lease_id]
+            self._forget(lease)
+        return dropped
+
+    def holds(self, worker_id: str, model_id: str) -> bool:
+        """True while a lease on the runner is out."""
+        return (worker_id, model_id) in self._in_flight
 
     def in_flight(self) -> dict[RunnerKey, int]:
         """A copy of the in-flight count per (worker id, model id)."""

@@ -40,6 +40,16 @@ class _Runner:
     confirmed_at: float | None = None
     last_used: float | None = None
     last_assigned: float | None = None
+    # The last view built of this runner and the in-flight count it was built with. Building a
+    # frozen view costs microseconds, and an Assign reads every replica of its model but changes
+    # one: reusing unchanged views keeps the hot path from paying for the whole fleet.
+    view: RunnerView | None = field(default=None, compare=False, repr=False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name != "view":
+            # Any change the view shows makes it stale.
+            object.__setattr__(self, "view", None)
 
 
 @dataclass
@@ -54,6 +64,12 @@ class Membership:
         self._worker_timeout = worker_timeout
         self._confirm_grace = confirm_grace
         self._workers: dict[str, _Worker] = {}
+        # model id -> worker id -> runner: the same runners as `_workers`, indexed for Assign,
+        # which must not scan every worker. Kept in step by `_put` and `_drop` only.
+        self._by_model: dict[str, dict[str, _Runner]] = {}
+        # Extra seconds of silence allowed while the scheduler itself lags (see lag.py); set by
+        # each sweep, so routing and expiry agree on who is alive.
+        self._grace = 0.0
 
     # Worker lifecycle -------------------------------------------------------------------------
 
@@ -84,7 +100,11 @@ class Membership:
             elif report.state is RunnerState.READY:
                 _log.info("adopting runner %s on worker %s", report.model_id, spec.worker_id)
             worker.runners[report.model_id] = runner
+        if previous is not None:
+            self._unindex(previous)
         self._workers[spec.worker_id] = worker
+        for model_id, runner in worker.runners.items():
+            self._by_model.setdefault(model_id, {})[spec.worker_id] = runner
         return previous.spec if previous else None
 
     def heartbeat(
@@ -111,11 +131,17 @@ class Membership:
         worker = self._workers.get(worker_id)
         return worker is not None and self._alive(worker, now)
 
-    def expire_dead(self, now: float) -> list[WorkerSpec]:
-        """Forget workers whose heartbeats stopped; returns them so their leases can go too."""
+    def expire_dead(self, now: float, *, grace: float = 0.0) -> list[WorkerSpec]:
+        """Forget workers whose heartbeats stopped; returns them so their leases can go too.
+
+        `grace` extends the timeout, from now until the next sweep, by how late the scheduler
+        itself has been: a heartbeat that arrived but was not processed yet does not make its
+        worker dead."""
+        self._grace = max(0.0, grace)
         dead = [w for w in self._workers.values() if not self._alive(w, now)]
         for worker in dead:
             del self._workers[worker.spec.worker_id]
+            self._unindex(worker)
             _log.warning(
                 "worker %s (%s) missed heartbeats for %.1fs: removed with %d runner(s)",
                 worker.spec.worker_id,
@@ -155,7 +181,7 @@ class Membership:
             context_size=context_size,
         )
         if current is None:
-            worker.runners[model_id] = _Runner(report=report, first_seen=now, pending=True)
+            self._put(worker, model_id, _Runner(report=report, first_seen=now, pending=True))
         else:
             current.report = report
             current.pending = True
@@ -169,7 +195,7 @@ class Membership:
         runner = worker.runners.get(report.model_id)
         if runner is None:
             runner = _Runner(report=report, first_seen=now)
-            worker.runners[report.model_id] = runner
+            self._put(worker, report.model_id, runner)
         runner.report = report
         runner.pending = False
         runner.confirmed_at = now
@@ -181,7 +207,7 @@ class Membership:
         if worker is not None:
             runner = worker.runners.get(model_id)
             if runner is not None and runner.pending:
-                del worker.runners[model_id]
+                self._drop(worker, model_id)
 
     def mark_failed(self, worker_id: str, model_id: str, generation: int, error: str) -> bool:
         """Stop routing to a runner a request saw die. Ignored for another process generation."""
@@ -208,7 +234,7 @@ class Membership:
             and runner.report.generation == generation
             and runner.report.state is RunnerState.DRAINING
         ):
-            del self._workers[worker_id].runners[model_id]
+            self._drop(self._workers[worker_id], model_id)
 
     def touch(self, worker_id: str, model_id: str, now: float, *, assigned: bool = False) -> None:
         """Note a use of the runner: keep-alive counts from the last one, routing from assigns."""
@@ -227,11 +253,13 @@ class Membership:
         """The model's runners on alive workers, every state: the hot path's view, which costs one
         dict lookup per worker instead of a whole snapshot."""
         views = []
-        for worker_id, worker in self._workers.items():
-            runner = worker.runners.get(model_id)
-            if runner is None or not self._alive(worker, now):
-                continue
-            views.append(self._view(worker_id, worker, model_id, runner, in_flight))
+        workers = self._workers
+        # `_alive`, hoisted out of the loop: this runs once per replica on every Assign.
+        heard_since = now - self._worker_timeout - self._grace
+        for worker_id, runner in self._by_model.get(model_id, {}).items():
+            worker = workers[worker_id]
+            if worker.last_seen >= heard_since:
+                views.append(self._view(worker_id, worker, model_id, runner, in_flight))
         return views
 
     def workers_with_tags(self, required_tags: Mapping[str, str]) -> set[str]:
@@ -250,16 +278,26 @@ class Membership:
         runner: _Runner,
         in_flight: Mapping[tuple[str, str], int],
     ) -> RunnerView:
-        return RunnerView(
+        count = in_flight.get((worker_id, model_id), 0)
+        view = runner.view
+        if (
+            view is not None
+            and view.in_flight == count
+            and view.worker_address is worker.spec.address
+        ):
+            return view
+        view = RunnerView(
             worker_id=worker_id,
             worker_address=worker.spec.address,
             report=runner.report,
-            in_flight=in_flight.get((worker_id, model_id), 0),
+            in_flight=count,
             pending=runner.pending,
             first_seen=runner.first_seen,
             last_used=runner.last_used,
             last_assigned=runner.last_assigned,
         )
+        runner.view = view
+        return view
 
     def snapshot(self, now: float, in_flight: Mapping[tuple[str, str], int]) -> ClusterSnapshot:
         """An immutable copy of every worker and runner; `in_flight` comes from the lease table."""
@@ -283,7 +321,29 @@ class Membership:
     # Internals -------------------------------------------------------------------------------
 
     def _alive(self, worker: _Worker, now: float) -> bool:
-        return now - worker.last_seen <= self._worker_timeout
+        return now - worker.last_seen <= self._worker_timeout + self._grace
+
+    def _put(self, worker: _Worker, model_id: str, runner: _Runner) -> None:
+        worker.runners[model_id] = runner
+        self._by_model.setdefault(model_id, {})[worker.spec.worker_id] = runner
+
+    def _drop(self, worker: _Worker, model_id: str) -> None:
+        del worker.runners[model_id]
+        by_worker = self._by_model.get(model_id)
+        if by_worker is not None and by_worker.get(worker.spec.worker_id) is not None:
+            del by_worker[worker.spec.worker_id]
+            if not by_worker:
+                del self._by_model[model_id]
+
+    def _unindex(self, worker: _Worker) -> None:
+        """Remove a replaced or dead worker's runners from the per-model index."""
+        worker_id = worker.spec.worker_id
+        for model_id in worker.runners:
+            by_worker = self._by_model.get(model_id)
+            if by_worker is not None and by_worker.get(worker_id) is worker.runners[model_id]:
+                del by_worker[worker_id]
+                if not by_worker:
+                    del self._by_model[model_id]
 
     def _runner(self, worker_id: str, model_id: str) -> _Runner | None:
         worker = self._workers.get(worker_id)
@@ -299,7 +359,7 @@ class Membership:
                         _log.info(
                             "adopting runner %s on worker %s", model_id, worker.spec.worker_id
                         )
-                    worker.runners[model_id] = _Runner(report=report, first_seen=now)
+                    self._put(worker, model_id, _Runner(report=report, first_seen=now))
                 continue
             if runner.pending or report.generation < runner.report.generation:
                 continue
@@ -307,7 +367,7 @@ class Membership:
             if report.generation == runner.report.generation:
                 state = max(state, runner.report.state)
             if state is RunnerState.STOPPED:
-                del worker.runners[model_id]
+                self._drop(worker, model_id)
                 continue
             if state is not report.state:
                 # Our later state wins, but keep the worker's error text and counters.
@@ -320,4 +380,4 @@ class Membership:
             if runner.confirmed_at is not None and now - runner.confirmed_at < self._confirm_grace:
                 continue
             _log.info("worker %s no longer reports runner %s", worker.spec.worker_id, model_id)
-            del worker.runners[model_id]
+            self._drop(worker, model_id)

@@ -85,6 +85,8 @@ class UnloadReason(enum.Enum):
 class _PlacementRefusal(enum.Enum):
     INSUFFICIENT_MEMORY = "insufficient_memory"
     NO_WORKER = "no_worker"
+    # Deferred, not refused for good: the request waits for a busy worker to make room.
+    WORKERS_BUSY = "workers_busy"
 
 
 def assign_outcome(error: BaseException) -> str:
@@ -157,7 +159,7 @@ class SchedulerMetrics:
         self._unloads = {reason: unloads.labels(reason.value) for reason in UnloadReason}
         refusals = Counter(
             _PREFIX + "placement_refusals",
-            "Loads no worker could take, by reason (insufficient_memory, no_worker).",
+            "Loads no worker could take, by reason (insufficient_memory, no_worker, workers_busy).",
             ["reason"],
             registry=r,
         )
@@ -198,12 +200,13 @@ class SchedulerMetrics:
         if count:
             self._unloads[reason].inc(count)
 
-    def placement_refused(self, *, insufficient_memory: bool) -> None:
-        reason = (
-            _PlacementRefusal.INSUFFICIENT_MEMORY
-            if insufficient_memory
-            else _PlacementRefusal.NO_WORKER
-        )
+    def placement_refused(self, *, insufficient_memory: bool, busy: bool = False) -> None:
+        if busy:
+            reason = _PlacementRefusal.WORKERS_BUSY
+        elif insufficient_memory:
+            reason = _PlacementRefusal.INSUFFICIENT_MEMORY
+        else:
+            reason = _PlacementRefusal.NO_WORKER
         self._refusals[reason].inc()
 
     def workers_lost(self, count: int) -> None:

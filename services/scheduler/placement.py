@@ -3,9 +3,10 @@ of a cluster snapshot and the model's memory estimate.
 
 A worker's available memory is the smaller of what its capacity leaves after every runner's
 reserved memory and what its last reported free memory leaves after loads it has not yet made
-(see `available_bytes`). Candidates are the alive workers with the required tags, minus the
-excluded ones. Among those that can fit the model, possibly after evicting idle runners (least
-recently used first), the first difference wins:
+(see `available_bytes`); a worker that reports `max_runners` also takes no more runners than
+that. Candidates are the alive workers with the required tags, minus the excluded ones. Among
+those that can fit the model, possibly after evicting idle runners (least recently used first),
+the first difference wins:
 1. a worker already starting this model (joining a load beats starting a second one);
 2. not a worker where the model just FAILED (a retry after a crash goes elsewhere if it can);
 3. fits without eviction;
@@ -13,7 +14,10 @@ recently used first), the first difference wins:
 5. the most memory left after placement (unknown capacity counts as the least);
 6. the fewest runners;
 7. the worker id, so equal workers always give the same answer.
-When none can fit, the refusal says why: no worker (503) or not enough memory (507).
+When none can fit now, the refusal says why: no worker (503); every worker that could hold the
+model is busy with runners that cannot be evicted yet (`busy`: the request waits for one to go
+idle, and a wait that times out is a 503 with Retry-After); or no worker could ever hold it,
+even with nothing else loaded (507).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = [
     "PlacementPlan",
     "PlacementRefusal",
     "available_bytes",
+    "fits_when_idle",
     "matches_tags",
     "plan_placement",
 ]
@@ -47,8 +52,10 @@ class PlacementPlan:
 class PlacementRefusal:
     # A sentence for the user.
     reason: str
-    # True: HTTP 507 (nothing has room); False: 503 (no worker matches).
+    # True: HTTP 507 (no worker could ever hold the model); False: 503.
     insufficient_memory: bool
+    # A worker could hold the model once some of its busy runners go idle: wait, then retry.
+    busy: bool = False
 
 
 def matches_tags(worker: WorkerView, required_tags: Mapping[str, str]) -> bool:
@@ -116,13 +123,20 @@ def _option(
     """The cheapest way to fit the model on `worker` (None when it cannot), and the most memory
     the worker could offer after evicting everything evictable (for the refusal message)."""
     raw = _raw_available(worker)
-    if raw is None:
-        return _Option(worker, (), None), 0
     joining = worker.runner(model_id)
-    if joining is not None and joining.state is RunnerState.STARTING:
+    starting = joining is not None and joining.state is RunnerState.STARTING
+    # Runners beyond the worker's limit, counting the new one; a load in progress already has
+    # its place.
+    over = 0
+    if worker.spec.max_runners > 0 and not starting:
+        others = sum(1 for r in worker.runners if r.model_id != model_id and _holds_memory(r))
+        over = others + 1 - worker.spec.max_runners
+    if raw is None and over <= 0:
+        return _Option(worker, (), None), 0
+    if raw is not None and starting and joining is not None:
         # The load in progress already reserved this model's memory.
         raw += joining.report.memory_bytes
-    if raw >= need:
+    if raw is not None and raw >= need and over <= 0:
         return _Option(worker, (), raw - need), raw
     victims = sorted(
         (
@@ -137,9 +151,30 @@ def _option(
     for victim in victims:
         evict.append(victim)
         freed += victim.report.memory_bytes
+        if len(evict) < over:
+            continue
+        if raw is None:
+            return _Option(worker, tuple(evict), None), 0
         if raw + freed >= need:
             return _Option(worker, tuple(evict), raw + freed - need), raw + freed
-    return None, raw + freed
+    return None, (raw or 0) + freed
+
+
+def fits_when_idle(worker: WorkerView, need: int) -> bool:
+    """The model would fit once every runner on the worker is gone: its capacity holds it, and
+    its free memory plus what its loaded runners hold covers it (memory taken by something
+    else on the machine will not come back by waiting). Unknown capacity: yes."""
+    spec = worker.spec
+    if spec.memory_total_bytes <= 0:
+        return True
+    if spec.memory_total_bytes < need:
+        return False
+    if spec.memory_free_bytes <= 0:
+        return True
+    loaded = sum(
+        r.report.memory_bytes for r in worker.runners if _holds_memory(r) and not r.pending
+    )
+    return spec.memory_free_bytes + loaded >= need
 
 
 def _tags_text(required_tags: Mapping[str, str]) -> str:
@@ -204,8 +239,16 @@ def plan_placement(
     if options:
         chosen = min(options, key=lambda option: option.preference(model_id))
         return PlacementPlan(worker=chosen.worker, evict=chosen.evict)
-    best_offer, _, largest = max(offers, key=lambda offer: offer[:2])
     where = f" with tags {_tags_text(required_tags)}" if required_tags else ""
+    able = [worker.worker_id for _, _, worker in offers if fits_when_idle(worker, required)]
+    if able:
+        return PlacementRefusal(
+            f"{reference} fits worker(s) {', '.join(sorted(able)[:3])}{where}, but their "
+            "memory or runner limit is taken by models in use; waiting for one to go idle",
+            insufficient_memory=False,
+            busy=True,
+        )
+    best_offer, _, largest = max(offers, key=lambda offer: offer[:2])
     return PlacementRefusal(
         f"{reference} needs {need.describe()} for {need.parallel} x {need.context_size}-token "
         f"slots; the most any worker{where} can offer is {format_bytes(best_offer)} "

@@ -15,7 +15,12 @@ from services.common.clock import Clock
 from services.scheduler.assignment import Assignment
 from services.scheduler.autoscale import ModelLoad, ScalePolicy
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.errors import InsufficientMemory, NoWorkerAvailable, SchedulerError
+from services.scheduler.errors import (
+    InsufficientMemory,
+    NoWorkerAvailable,
+    SchedulerError,
+    WorkersBusy,
+)
 from services.scheduler.leases import LeaseTable
 from services.scheduler.loader import Loader
 from services.scheduler.membership import Membership
@@ -110,7 +115,7 @@ class ReplicaManager:
 
     def ensure_replica(self, model: ResolvedModel, tags: Mapping[str, str]) -> None:
         """Start a load if nothing serves the model or is about to. Raises NoWorkerAvailable or
-        InsufficientMemory when no worker can take it."""
+        InsufficientMemory when no worker can take it, WorkersBusy when one can but not yet."""
         if self._loader.busy(model.model_id):
             return
         if any(is_live(r) for r in self.replicas(model.model_id, tags)):
@@ -158,7 +163,11 @@ class ReplicaManager:
             exclude_workers=exclude,
         )
         if isinstance(plan, PlacementRefusal):
-            self._metrics.placement_refused(insufficient_memory=plan.insufficient_memory)
+            self._metrics.placement_refused(
+                insufficient_memory=plan.insufficient_memory, busy=plan.busy
+            )
+            if plan.busy:
+                raise WorkersBusy(plan.reason)
             if plan.insufficient_memory:
                 raise InsufficientMemory(plan.reason)
             raise NoWorkerAvailable(plan.reason)
@@ -198,6 +207,8 @@ class ReplicaManager:
                 continue
             try:
                 self.ensure_replica(resolved, self.required_tags(model_id, None))
+            except WorkersBusy:
+                continue  # the waiters keep waiting: the next pass tries again
             except SchedulerError as exc:
                 failed = self._queue.fail_all(model_id, exc)
                 _log.warning("%d request(s) for %s failed: %s", failed, model_id, exc)
@@ -246,7 +257,9 @@ class ReplicaManager:
         model = self.models.get(model_id)
         if model is None:
             return
-        have = frozenset(r.worker_id for r in self.replicas(model_id))
+        # Only live replicas occupy a worker: a FAILED runner (its llama-server crashed) is
+        # replaced by the next Load there, so its worker must stay a candidate.
+        have = frozenset(r.worker_id for r in self.replicas(model_id) if is_live(r))
         try:
             self._start_load(model, self.required_tags(model_id, None), exclude=have)
         except SchedulerError as exc:

@@ -13,6 +13,7 @@ import grpc
 
 from modelrunner.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from services.common.grpc_client import open_channel
+from services.common.internal_security import InternalSecurity
 from services.common.reference import InvalidReference, is_model_id, parse_reference
 from services.common.request_id import request_id_client_interceptors
 from services.scheduler.errors import (
@@ -60,9 +61,9 @@ def _display_reference(requested: str, model: common_pb2.Model) -> str:
 class GrpcModelResolver:
     """Resolves through Registry.InspectModel."""
 
-    def __init__(self, registry_address: str) -> None:
+    def __init__(self, registry_address: str, *, security: InternalSecurity | None = None) -> None:
         self._channel = open_channel(
-            registry_address, interceptors=request_id_client_interceptors()
+            registry_address, interceptors=request_id_client_interceptors(), security=security
         )
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
 

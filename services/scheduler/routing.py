@@ -6,8 +6,13 @@ read no clock, so they are deterministic functions of what they were told.
 
 `AffinityRouting` sends a conversation back to the replica whose llama-server prompt cache holds
 its prefix: first by session key (`X-Session-ID`, `user`), else by the longest prefix of the
-prompt seen before. It yields to load when that replica has more than `max_imbalance` requests
-above the least busy one: prefix-only routing collapses under skew (llm-d measured ~55% success
+prompt seen before. It yields to load when that replica has more requests than the least busy
+one by more than the allowed imbalance: `max_imbalance`, capped at the replica's llama-server
+slots minus 2 but at least 1 (0 stays 0: always yield). The cap matters because only replicas
+with a free slot are offered, so a target can lead by at most slots - 1: uncapped, a guard of 2
+never bites with 3 slots or fewer. The floor keeps a 2-slot replica sticky: there, yielding
+whenever the target is busy sent half the turns of the affinity benchmark to the worker without
+their history (docs/benchmarks.md). Prefix-only routing collapses under skew (llm-d measured ~55% success
 and >140 s TTFT for prefix-only against 100% with a load term; research/peers.md section 3).
 The index is a bounded LRU, never a map that grows with traffic (vllm router #687).
 """
@@ -180,9 +185,19 @@ class AffinityRouting:
         target = self.target(candidates, request)
         if target is not None:
             least = min(r.in_flight for r in candidates)
-            if target.in_flight - least <= self._max_imbalance:
+            if target.in_flight - least <= self.allowed_imbalance(target):
                 return target
         return _least_loaded(candidates)
+
+    def allowed_imbalance(self, target: RunnerView) -> int:
+        """How many more requests than the least busy replica the target may have and still be
+        chosen: the setting, capped at slots - 2 so that the guard can bite at the replica's slot
+        count (slots - 1 is the most a replica with a free slot can lead by), but not below 1
+        unless the setting is 0. A replica whose slot count is unknown (0) gets the setting."""
+        slots = target.report.parallel
+        if slots <= 0 or self._max_imbalance == 0:
+            return self._max_imbalance
+        return max(1, min(self._max_imbalance, slots - 2))
 
     def record(self, chosen: RunnerView, request: RouteRequest) -> None:
         self._stamp += 1

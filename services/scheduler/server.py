@@ -90,6 +90,7 @@ def _worker_info(worker: WorkerView) -> scheduler_pb2.WorkerInfo:
         memory_total_bytes=spec.memory_total_bytes,
         memory_free_bytes=spec.memory_free_bytes,
         cache_bytes=spec.cache_bytes,
+        max_runners=spec.max_runners,
     )
 
 
@@ -125,6 +126,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             memory_total_bytes=info.memory_total_bytes,
             memory_free_bytes=info.memory_free_bytes,
             cache_bytes=info.cache_bytes,
+            max_runners=max(0, info.max_runners),
         )
         try:
             await self._control.register(spec, [runner_from_proto(r) for r in request.runners])

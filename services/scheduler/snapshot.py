@@ -48,6 +48,8 @@ class WorkerSpec:
     memory_free_bytes: int = 0
     # Bytes of model blobs in the worker's cache (for /engines/df).
     cache_bytes: int = 0
+    # Runners the worker runs at once (its WORKER_MAX_RUNNERS); 0: it did not say, no limit.
+    max_runners: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", _frozen_tags(self.tags))

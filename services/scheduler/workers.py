@@ -9,6 +9,7 @@ import grpc
 
 from modelrunner.v1 import worker_pb2, worker_pb2_grpc
 from services.common.grpc_client import open_channel
+from services.common.internal_security import InternalSecurity
 from services.common.request_id import request_id_client_interceptors
 from services.scheduler.convert import runner_from_proto
 from services.scheduler.errors import LoadFailed, LoadTimeout, Unavailable
@@ -51,7 +52,8 @@ class WorkerClient(Protocol):
 class GrpcWorkerClient:
     """modelrunner.v1.Worker over one cached channel per worker address."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, security: InternalSecurity | None = None) -> None:
+        self._security = security
         # Bounded by the worker set: `discard` is called when a worker leaves or moves.
         self._channels: dict[str, grpc.aio.Channel] = {}
 
@@ -59,7 +61,7 @@ class GrpcWorkerClient:
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = open_channel(
-                address, interceptors=request_id_client_interceptors()
+                address, interceptors=request_id_client_interceptors(), security=self._security
             )
         return worker_pb2_grpc.WorkerStub(channel)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.env import env_duration, env_int, env_path, env_str
+from services.common.internal_security import InternalSecurity
 
 __all__ = ["StackSettings"]
 
@@ -25,6 +26,9 @@ class StackSettings:
     stop_timeout: float
     bundled_model: str
     log_level: str
+    # The services read the same MODEL_RUNNER_TLS_* / token variables from the environment the
+    # launcher passes through; the launcher's own calls to them need it too.
+    security: InternalSecurity = field(default_factory=InternalSecurity)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StackSettings:
@@ -42,4 +46,5 @@ class StackSettings:
             stop_timeout=env_duration(env, "STACK_STOP_TIMEOUT", 20.0),
             bundled_model=env_str(env, "STACK_BUNDLED_MODEL", "ai/smollm2"),
             log_level=env_str(env, "LOG_LEVEL", "INFO"),
+            security=InternalSecurity.from_env(env),
         )

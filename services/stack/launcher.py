@@ -119,7 +119,10 @@ class LocalStack:
             await asyncio.gather(
                 *(
                     wait_until_serving(
-                        address, timeout=self.settings.ready_timeout, gone=service.exit_reason
+                        address,
+                        timeout=self.settings.ready_timeout,
+                        gone=service.exit_reason,
+                        security=self.settings.security,
                     )
                     for service, address in backends
                 )
@@ -153,7 +156,9 @@ class LocalStack:
 
     async def ensure_model(self, gguf: Path, reference: str) -> bool:
         """Package `gguf` (an absolute path) into the store as `reference` unless it is there; True if packaged."""
-        async with open_channel(self.settings.registry_address) as channel:
+        async with open_channel(
+            self.settings.registry_address, security=self.settings.security
+        ) as channel:
             registry = registry_pb2_grpc.RegistryStub(channel)
             wanted = parse_reference(reference).familiar
             try:

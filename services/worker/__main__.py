@@ -33,7 +33,9 @@ _log = logging.getLogger("services.worker")
 
 
 async def _serve(settings: WorkerSettings) -> None:
-    scheduler_channel = open_control_channel(settings.scheduler_address, settings.retry_max_backoff)
+    scheduler_channel = open_control_channel(
+        settings.scheduler_address, settings.retry_max_backoff, security=settings.security
+    )
     scheduler = scheduler_pb2_grpc.SchedulerStub(scheduler_channel)
     metrics_registry = CollectorRegistry()
     metrics = WorkerMetrics(metrics_registry)
@@ -56,7 +58,7 @@ async def _serve(settings: WorkerSettings) -> None:
             **settings.tags,
         }
         registry_channel = open_control_channel(
-            settings.registry_address, settings.retry_max_backoff
+            settings.registry_address, settings.retry_max_backoff, security=settings.security
         )
         blobs = BlobCache(
             settings.cache_path,
@@ -91,7 +93,12 @@ async def _serve(settings: WorkerSettings) -> None:
             await registry_channel.close()
         _log.info("worker stopped; every runner is stopped")
 
-    await run_until_signalled(node.server, grace=settings.shutdown_grace, cleanup=cleanup)
+    # Draining first is what sends new requests elsewhere: the runners turn DRAINING and the
+    # heartbeat that reports it goes out at once, while in-flight streams finish; cleanup then
+    # stops every llama-server, so none outlives the worker.
+    await run_until_signalled(
+        node.server, grace=settings.shutdown_grace, cleanup=cleanup, drain=node.pool.drain
+    )
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from services.common.env import (
     env_str,
     env_tags,
 )
+from services.common.internal_security import InternalSecurity
 from services.common.logs import LogFormat, parse_log_format
 from services.worker.args import RESERVED_FLAGS, reserved_flag
 
@@ -112,6 +113,8 @@ class WorkerSettings:
     runtime_dir: Path = field(default_factory=_default_runtime_dir)
     registry_address: str = "127.0.0.1:50051"
     scheduler_address: str = "127.0.0.1:50052"
+    # Mutual TLS and the internal token for its server and its channels (MODEL_RUNNER_TLS_*).
+    security: InternalSecurity = field(default_factory=InternalSecurity)
     llama_server_path: Path | None = None
     llama_args: tuple[str, ...] = ()
     # 0: llama.cpp's own default (every core). Measured on 2 cores (docs/benchmarks.md): all
@@ -199,6 +202,7 @@ class WorkerSettings:
             runtime_dir=runtime_dir,
             registry_address=env_str(env, "REGISTRY_ADDRESS", cls.registry_address),
             scheduler_address=env_str(env, "SCHEDULER_ADDRESS", cls.scheduler_address),
+            security=InternalSecurity.from_env(env),
             llama_server_path=Path(server_path).expanduser() if server_path else None,
             llama_args=_llama_args(env),
             llama_threads=_non_negative(

@@ -132,7 +132,9 @@ class SimulatedFleet:
 
     async def __aenter__(self) -> SimulatedFleet:
         base = self._base
-        self._channel = open_control_channel(base.scheduler_address, base.retry_max_backoff)
+        self._channel = open_control_channel(
+            base.scheduler_address, base.retry_max_backoff, security=base.security
+        )
         scheduler = scheduler_pb2_grpc.SchedulerStub(self._channel)
         # One set for the fleet: per node it would cost ~20 KB each (20 MB per 1000 workers).
         metrics = WorkerMetrics()

@@ -34,6 +34,8 @@ class WorkerIdentity:
     worker_id: str
     address: str
     tags: Mapping[str, str]
+    # WORKER_MAX_RUNNERS, so placement does not send a load this worker would refuse.
+    max_runners: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class Membership:
                     memory_total_bytes=self._memory_total(),
                     memory_free_bytes=self._memory_free(),
                     cache_bytes=self._cache_bytes(),
+                    max_runners=self._identity.max_runners,
                 ),
                 runners=[runner_info(runner) for runner in runners],
             ),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from modelrunner.v1 import worker_pb2_grpc
 from services.common.grpc_server import GrpcServer
+from services.common.internal_security import InternalSecurity
 from services.worker.config import WorkerSettings
 from services.worker.engine import Engine
 from services.worker.hardware import MemoryGauge
@@ -77,8 +78,8 @@ def simulation_settings(settings: WorkerSettings) -> SimulationSettings:
 class WorkerGrpcServer(GrpcServer):
     """Registration waits for the bound port: the scheduler may call Load right after it."""
 
-    def __init__(self, address: str) -> None:
-        super().__init__(address, [SERVICE_NAME])
+    def __init__(self, address: str, *, security: InternalSecurity | None = None) -> None:
+        super().__init__(address, [SERVICE_NAME], security=security)
         self.started = asyncio.Event()
 
     async def start(self) -> int:
@@ -123,7 +124,7 @@ class WorkerNode:
             ),
             changed=changed,
         )
-        self.server = WorkerGrpcServer(settings.listen_address)
+        self.server = WorkerGrpcServer(settings.listen_address, security=settings.security)
         scraper = MetricsScraper(
             self.pool,
             MetricsLimits(timeout=settings.metrics_timeout, max_bytes=settings.metrics_max_bytes),
@@ -144,7 +145,12 @@ class WorkerNode:
         async def register_when_serving() -> None:
             await self.server.started.wait()
             worker_id, address = self._settings.identity(self.server.port)
-            self.identity = WorkerIdentity(worker_id=worker_id, address=address, tags=self._tags)
+            self.identity = WorkerIdentity(
+                worker_id=worker_id,
+                address=address,
+                tags=self._tags,
+                max_runners=self._settings.max_runners,
+            )
             await self.membership.run(self.identity)
 
         self._membership_task = asyncio.create_task(

@@ -257,6 +257,19 @@ class RunnerPool:
 
     # -- shutdown ----------------------------------------------------------------------------
 
+    async def drain(self, timeout: float) -> None:
+        """Shutdown's first step: refuse new loads and leases, let in-flight requests finish.
+
+        Every READY runner turns DRAINING, which the next heartbeat (sent at once: the state
+        changed) reports, so the scheduler routes new requests elsewhere while these finish.
+        Returns when none is in flight or after `timeout`; `close()` then stops the processes.
+        """
+        self._closed = True
+        runners = list(self._runners.values())
+        if runners:
+            _log.info("draining %d runners for up to %.1fs", len(runners), timeout)
+        await asyncio.gather(*(runner.drain(timeout) for runner in runners))
+
     async def close(self) -> None:
         """Stop every runner; none survives the worker."""
         self._closed = True

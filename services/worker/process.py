@@ -6,6 +6,11 @@ way. Restart policy belongs to the pool.
 
 The child gets its own session, so a Ctrl-C aimed at the worker's terminal does not kill runners
 behind the worker's back; the worker stops them itself (SIGTERM, wait, SIGKILL to the group).
+A worker killed with SIGKILL cannot stop them, so on Linux the child is started through
+util-linux's `setpriv --pdeathsig KILL`, which asks the kernel to SIGKILL it when the worker dies
+and then execs it (same pid): no llama-server outlives its worker. A Python preexec_fn would do
+the same without the extra exec, but running Python in a child forked from a process with gRPC
+threads crashed the child now and then (SIGSEGV before exec).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +34,20 @@ _log = logging.getLogger(__name__)
 _READ_CHUNK = 64 * 1024
 # A grandchild could hold the output pipe open after the child exits; do not wait on it forever.
 _OUTPUT_DRAIN_TIMEOUT = 2.0
+# util-linux is essential on Debian and Ubuntu; elsewhere the runtime directory's orphan sweep
+# (runtime_dir.py) is what remains.
+_SETPRIV_PATHS = ("/usr/bin/setpriv", "/bin/setpriv")
+
+
+def _dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` wrapped so that the kernel SIGKILLs the child when the worker dies."""
+    # A binary that cannot run must still fail the spawn itself (RunnerStartError), not setpriv.
+    if not sys.platform.startswith("linux") or not os.access(argv[0], os.X_OK):
+        return list(argv)
+    for setpriv in _SETPRIV_PATHS:
+        if os.access(setpriv, os.X_OK):
+            return [setpriv, "--pdeathsig", "KILL", "--", *argv]
+    return list(argv)
 
 
 class ChildProcess:
@@ -76,7 +96,7 @@ class ChildProcess:
         self._log = self._log_path.open("wb")
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *self._argv,
+                *_dying_with_parent(self._argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,

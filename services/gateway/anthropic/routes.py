@@ -34,6 +34,7 @@ from services.gateway.anthropic.errors import REQUEST_ID_HEADERS, error_response
 from services.gateway.anthropic.exchange import Exchange
 from services.gateway.anthropic.models import (
     CountTokensRequest,
+    MessagesRequest,
     parse_count_tokens,
     parse_messages,
 )
@@ -49,6 +50,7 @@ from services.gateway.context import GatewayContext
 from services.gateway.hints import routing_hints
 from services.gateway.inference import InferenceRequest, request_id_from
 from services.gateway.openai.routes import PREFIXES as OPENAI_PREFIXES
+from services.gateway.openapi_bodies import STREAM_TYPES, json_body, model_schema
 from services.gateway.upstream import call_json, open_events
 
 __all__ = ["PREFIXES", "build_router"]
@@ -215,11 +217,12 @@ def build_router(context: GatewayContext) -> APIRouter:
             request_id,
         )
 
-    async def get_model(request: Request) -> Response:
+    # `model_id` as a parameter so that the OpenAPI document declares it.
+    async def get_model(model_id: str, request: Request) -> Response:
         request_id = request_id_from(request.headers)
         try:
             with errors.translate_rpc_errors("registry"):
-                model = await context.registry.inspect_model(request.path_params["model_id"])
+                model = await context.registry.inspect_model(model_id)
         except errors.GatewayError as err:
             return error_response(err, request_id)
         return _json(_anthropic_model(model), request_id)
@@ -233,13 +236,18 @@ def build_router(context: GatewayContext) -> APIRouter:
     for prefix in PREFIXES:
         documented = prefix == PREFIXES[0]
         router.add_api_route(
-            prefix + "/messages", messages, methods=["POST"], include_in_schema=documented
+            prefix + "/messages",
+            messages,
+            methods=["POST"],
+            include_in_schema=documented,
+            openapi_extra=json_body(model_schema(MessagesRequest), answers=STREAM_TYPES),
         )
         router.add_api_route(
             prefix + "/messages/count_tokens",
             count_tokens,
             methods=["POST"],
             include_in_schema=documented,
+            openapi_extra=json_body(model_schema(CountTokensRequest)),
         )
     router.add_api_route("/anthropic/v1/models", list_models, methods=["GET"])
     router.add_api_route("/anthropic/v1/models/{model_id:path}", get_model, methods=["GET"])

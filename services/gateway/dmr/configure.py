@@ -62,7 +62,8 @@ def configure_request(payload: object) -> scheduler_pb2.ConfigureModelRequest:
     if not isinstance(model, str) or not model.strip():
         raise errors.InvalidRequest("model is required", param="model")
     mode = payload.get("mode")
-    if mode is not None and mode not in _MODES:
+    # The type first: an object or a list is unhashable, and `in` a frozenset would raise.
+    if mode is not None and (not isinstance(mode, str) or mode not in _MODES):
         raise errors.InvalidRequest(
             f"mode must be completion or embedding, got {mode!r}", param="mode"
         )

@@ -31,6 +31,7 @@ from services.gateway.models_view import (
     placement_status,
     worker_status,
 )
+from services.gateway.openapi_bodies import CONFIGURE, json_body, model_schema
 from services.gateway.responses import json_response
 
 __all__ = ["build_router"]
@@ -85,7 +86,7 @@ def build_router(context: GatewayContext) -> APIRouter:
             workers = await context.scheduler.list_workers()
         return json_response([worker_status(worker) for worker in workers])
 
-    @router.post("/engines/unload")
+    @router.post("/engines/unload", openapi_extra=json_body(model_schema(UnloadRequest)))
     async def engines_unload(request: Request) -> Response:
         unload = await read_body_model(request, UnloadRequest, context.settings.max_body_bytes)
         if unload.backend not in ("", BACKEND_NAME):
@@ -107,11 +108,13 @@ def build_router(context: GatewayContext) -> APIRouter:
             entry = await context.scheduler.configure_model(call)
         return json_response(config_entry(entry), status_code=202)
 
-    @router.post("/engines/_configure", status_code=202)
+    @router.post("/engines/_configure", status_code=202, openapi_extra=json_body(CONFIGURE))
     async def configure_default(request: Request) -> Response:
         return await configure(request)
 
-    @router.post("/engines/{backend}/_configure", status_code=202)
+    @router.post(
+        "/engines/{backend}/_configure", status_code=202, openapi_extra=json_body(CONFIGURE)
+    )
     async def configure_backend(backend: str, request: Request) -> Response:
         _check_backend(backend)
         return await configure(request)

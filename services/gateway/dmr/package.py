@@ -84,6 +84,10 @@ def _upload_error(exc: grpc.aio.AioRpcError) -> errors.GatewayError:
 
 async def _write(call: _UploadCall, message: registry_pb2.PackageUploadRequest) -> bool:
     """False when the registry already ended the call; awaiting the call then tells why."""
+    # A write that fails after the registry's status arrived replaces that status with INTERNAL
+    # "Internal error from Core" (grpc/grpc#36066): never write to a call that has ended.
+    if call.done():
+        return False
     try:
         await call.write(message)
     except (asyncio.InvalidStateError, grpc.aio.AioRpcError):

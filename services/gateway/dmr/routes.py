@@ -18,7 +18,15 @@ from services.gateway.dmr import engines
 from services.gateway.dmr.models import CreateRequest, PushBody
 from services.gateway.dmr.package import package_upload
 from services.gateway.dmr.transfers import stream_transfer
+from services.gateway.dmr.verify import verify_store
 from services.gateway.models_view import dmr_model
+from services.gateway.openapi_bodies import (
+    TRANSFER_TYPES,
+    UPSTREAM_UNREACHABLE,
+    json_body,
+    model_schema,
+    query,
+)
 from services.gateway.responses import json_response
 
 __all__ = ["build_router"]
@@ -28,6 +36,8 @@ _TRUE = {"", "1", "true", "t", "yes"}
 _FALSE = {"0", "false", "f", "no"}
 # Model actions DMR has that this gateway's registry API does not offer (yet).
 _UNSUPPORTED_ACTIONS = {"load", "repackage"}
+_TEXT = {"type": "string"}
+_BOOLEAN = {"type": "boolean"}
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -67,7 +77,12 @@ def build_router(context: GatewayContext) -> APIRouter:
             models = await context.registry.list_models()
         return json_response([dmr_model(model) for model in models])
 
-    @router.post("/models/create")
+    @router.post(
+        "/models/create",
+        openapi_extra=json_body(
+            model_schema(CreateRequest), answers=TRANSFER_TYPES, failures=UPSTREAM_UNREACHABLE
+        ),
+    )
     async def create_model(request: Request) -> Response:
         """DMR's pull. A model whose tag is already in the store answers DMR's cache-hit line
         without asking the network (so it works offline); anything else is pulled."""
@@ -95,7 +110,20 @@ def build_router(context: GatewayContext) -> APIRouter:
         """DMR's `docker model package`, the GGUF as the raw body (shape: dmr/package.py)."""
         return await package_upload(request, context)
 
-    @router.post("/models/{name:path}/push")
+    # Our extension: re-hash every blob in the store (shape: dmr/verify.py).
+    @router.post("/models/verify")
+    async def verify_models() -> Response:
+        return await verify_store(context)
+
+    @router.post(
+        "/models/{name:path}/push",
+        openapi_extra=json_body(
+            model_schema(PushBody),
+            required=False,
+            answers=TRANSFER_TYPES,
+            failures=UPSTREAM_UNREACHABLE,
+        ),
+    )
     async def push_model(name: str, request: Request) -> Response:
         push = await read_body_model(request, PushBody, context.settings.max_body_bytes)
         call = context.registry.push(
@@ -105,7 +133,11 @@ def build_router(context: GatewayContext) -> APIRouter:
         )
         return await stream_transfer(request, call, "push")
 
-    @router.post("/models/{name:path}/tag", status_code=201)
+    @router.post(
+        "/models/{name:path}/tag",
+        status_code=201,
+        openapi_extra=query(("repo", _TEXT, True), ("tag", _TEXT, True)),
+    )
     async def tag_model(name: str, request: Request) -> Response:
         repo = request.query_params.get("repo", "").strip()
         tag = request.query_params.get("tag", "").strip()
@@ -148,7 +180,7 @@ def build_router(context: GatewayContext) -> APIRouter:
             {"deleted_models": reply.deleted_models, "deleted_blobs": reply.deleted_blobs}
         )
 
-    @router.delete("/models/{name:path}")
+    @router.delete("/models/{name:path}", openapi_extra=query(("force", _BOOLEAN, False)))
     async def delete_model(name: str, request: Request) -> Response:
         force = _flag(request, "force")
         with errors.translate_rpc_errors("registry", precondition=errors.Conflict):

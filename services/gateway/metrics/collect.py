@@ -1,4 +1,5 @@
-"""Gathering the metrics of every READY runner: one ScrapeMetrics call per worker, concurrently.
+"""Gathering the metrics of every READY runner: one ScrapeMetrics call per worker, concurrently,
+after the fleet summary (fleet.py) built from the same placements.
 
 The scheduler's placements say which workers run READY runners; each of those workers is asked
 once, under GATEWAY_METRICS_TIMEOUT. A worker that fails or is too slow is left out with a
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -22,6 +23,7 @@ from services.gateway.metrics.aggregate import (
     aggregate,
     runner_labels,
 )
+from services.gateway.metrics.fleet import fleet_families, render_fleet
 
 __all__ = ["MetricsCollector", "WorkerTarget", "ready_workers"]
 
@@ -53,8 +55,24 @@ class MetricsCollector:
         self._timeout = timeout
 
     async def render(self) -> str:
-        """The aggregated text; grpc.aio.AioRpcError when the scheduler cannot list placements."""
-        targets = ready_workers(await self._scheduler.list_placements())
+        """The fleet summary (fleet.py), then the runners' aggregated metrics;
+        grpc.aio.AioRpcError when the scheduler cannot list placements."""
+        placements, workers = await asyncio.gather(
+            self._scheduler.list_placements(), self._workers_or_none()
+        )
+        summary = render_fleet(fleet_families(placements, workers)).decode()
+        return summary + await self._runners(placements)
+
+    async def _workers_or_none(self) -> Sequence[scheduler_pb2.WorkerStatus] | None:
+        """The scheduler's worker list, None (summary without it) when that call fails."""
+        try:
+            return await self._scheduler.list_workers()
+        except grpc.aio.AioRpcError as exc:
+            _log.warning("worker summary left out: %s: %s", exc.code().name, exc.details())
+            return None
+
+    async def _runners(self, placements: Iterable[scheduler_pb2.Placement]) -> str:
+        targets = ready_workers(placements)
         if not targets:
             return NO_ACTIVE_RUNNERS
         replies = await asyncio.gather(*(self._scrape(target) for target in targets))

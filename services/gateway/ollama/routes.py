@@ -35,14 +35,25 @@ from services.gateway.bodies import read_body_model
 from services.gateway.context import GatewayContext
 from services.gateway.ollama.errors import OllamaRoute
 from services.gateway.ollama.generation import Generation
-from services.gateway.ollama.models import CopyRequest, ModelRequest
+from services.gateway.ollama.models import (
+    ChatRequest,
+    CopyRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    ModelRequest,
+    TransferRequest,
+)
 from services.gateway.ollama.transfers import transfer
 from services.gateway.ollama.views import ps_view, show_view, tags_view
+from services.gateway.openapi_bodies import UPSTREAM_UNREACHABLE, json_body, model_schema
 from services.gateway.responses import json_response
 
 __all__ = ["OLLAMA_API_VERSION", "build_router"]
 
 _log = logging.getLogger(__name__)
+
+_LINES = ("application/json", "application/x-ndjson")
 
 # Clients gate features on it (tools streamed whole, `think`, JSON-schema `format`, tool call
 # ids and logprobs are all in the API of this release).
@@ -58,6 +69,9 @@ def _required(name: str) -> str:
 def build_router(context: GatewayContext, *, clock: Clock | None = None) -> APIRouter:
     router = APIRouter(prefix="/api", route_class=OllamaRoute)
     generation = Generation(context, clock or SystemClock())
+    transfer_body = json_body(
+        model_schema(TransferRequest), answers=_LINES, failures=UPSTREAM_UNREACHABLE
+    )
     limit = context.settings.max_body_bytes
 
     @router.get("/version")
@@ -70,7 +84,7 @@ def build_router(context: GatewayContext, *, clock: Clock | None = None) -> APIR
             models = await context.registry.list_models()
         return json_response(tags_view(models))
 
-    @router.post("/show")
+    @router.post("/show", openapi_extra=json_body(model_schema(ModelRequest)))
     async def show(request: Request) -> Response:
         body = await read_body_model(request, ModelRequest, limit)
         name = _required(body.model_name)
@@ -95,31 +109,33 @@ def build_router(context: GatewayContext, *, clock: Clock | None = None) -> APIR
             models = []
         return json_response(ps_view(placements, models))
 
-    @router.post("/chat")
+    @router.post("/chat", openapi_extra=json_body(model_schema(ChatRequest), answers=_LINES))
     async def chat(request: Request) -> Response:
         return await generation.chat(request)
 
-    @router.post("/generate")
+    @router.post(
+        "/generate", openapi_extra=json_body(model_schema(GenerateRequest), answers=_LINES)
+    )
     async def generate(request: Request) -> Response:
         return await generation.generate(request)
 
-    @router.post("/embed")
+    @router.post("/embed", openapi_extra=json_body(model_schema(EmbedRequest)))
     async def embed(request: Request) -> Response:
         return await generation.embed(request)
 
-    @router.post("/embeddings")
+    @router.post("/embeddings", openapi_extra=json_body(model_schema(EmbeddingsRequest)))
     async def embeddings(request: Request) -> Response:
         return await generation.embeddings(request)
 
-    @router.post("/pull")
+    @router.post("/pull", openapi_extra=transfer_body)
     async def pull(request: Request) -> Response:
         return await transfer(request, context, "pull")
 
-    @router.post("/push")
+    @router.post("/push", openapi_extra=transfer_body)
     async def push(request: Request) -> Response:
         return await transfer(request, context, "push")
 
-    @router.delete("/delete")
+    @router.delete("/delete", openapi_extra=json_body(model_schema(ModelRequest)))
     async def delete(request: Request) -> Response:
         body = await read_body_model(request, ModelRequest, limit)
         name = _required(body.model_name)
@@ -134,21 +150,25 @@ def build_router(context: GatewayContext, *, clock: Clock | None = None) -> APIR
                 _log.warning("deleted %s but could not unload it: %s", name, exc.details())
         return Response(status_code=200)
 
-    @router.post("/copy")
+    @router.post("/copy", openapi_extra=json_body(model_schema(CopyRequest)))
     async def copy(request: Request) -> Response:
         body = await read_body_model(request, CopyRequest, limit)
         with errors.translate_rpc_errors("registry"):
             await context.registry.tag_model(body.source.strip(), body.destination.strip())
         return Response(status_code=200)
 
-    @router.post("/create")
+    @router.post("/create", responses={501: {"description": "not supported"}})
     async def create() -> Response:
         raise errors.Unimplemented(
             "/api/create is not supported: package a GGUF with POST /models/package "
             "(docker model package)"
         )
 
-    @router.api_route("/blobs/{digest}", methods=["HEAD", "POST"])
+    @router.api_route(
+        "/blobs/{digest}",
+        methods=["HEAD", "POST"],
+        responses={501: {"description": "not supported"}},
+    )
     async def blobs(digest: str) -> Response:
         raise errors.Unimplemented(
             "/api/blobs is not supported: package a GGUF with POST /models/package"

@@ -42,6 +42,7 @@ from services.gateway.openai.responses_request import CreateRequest, Item, new_i
 from services.gateway.openai.responses_store import ResponseStore, StoredResponse
 from services.gateway.openai.responses_stream import ResponseEvents
 from services.gateway.openai.responses_translate import chat_body, new_response, response_from_chat
+from services.gateway.openapi_bodies import RESPONSES_CREATE, STREAM_TYPES, json_body
 from services.gateway.responses import error_response, json_response
 from services.gateway.upstream import call_json, open_events
 
@@ -230,7 +231,13 @@ def build_router(context: GatewayContext) -> APIRouter:
 
     for prefix in PREFIXES:
         documented = prefix == PREFIXES[0]
-        router.add_api_route(prefix, create, methods=["POST"], include_in_schema=documented)
+        router.add_api_route(
+            prefix,
+            create,
+            methods=["POST"],
+            include_in_schema=documented,
+            openapi_extra=json_body(RESPONSES_CREATE, answers=STREAM_TYPES),
+        )
         one = prefix + "/{response_id}"
         router.add_api_route(one, retrieve, methods=["GET"], include_in_schema=documented)
         router.add_api_route(

@@ -24,6 +24,13 @@ from services.gateway.hints import routing_hints
 from services.gateway.inference import InferenceRequest, parse_envelope, request_id_from
 from services.gateway.models_view import BACKEND_NAME, openai_model, openai_model_list
 from services.gateway.openai.tool_choice import rewrite_chat_tool_choice
+from services.gateway.openapi_bodies import (
+    CHAT_COMPLETIONS,
+    COMPLETIONS,
+    EMBEDDINGS,
+    STREAM_TYPES,
+    json_body,
+)
 from services.gateway.relay import InferenceResponse
 from services.gateway.responses import error_response, json_response
 
@@ -41,6 +48,13 @@ _ENDPOINTS: dict[str, common_pb2.EndpointKind.ValueType] = {
 }
 
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+# Documentation only: the handlers read the raw body (openapi_bodies.py).
+_BODIES = {
+    "/chat/completions": json_body(CHAT_COMPLETIONS, answers=STREAM_TYPES),
+    "/completions": json_body(COMPLETIONS, answers=STREAM_TYPES),
+    "/embeddings": json_body(EMBEDDINGS),
+}
 
 
 def build_router(context: GatewayContext) -> APIRouter:
@@ -107,6 +121,7 @@ def build_router(context: GatewayContext) -> APIRouter:
                 methods=["POST"],
                 include_in_schema=documented,
                 name=f"{prefix}{suffix}",
+                openapi_extra=_BODIES[suffix],
             )
         router.add_api_route(
             prefix + "/models", list_models, methods=["GET"], include_in_schema=documented

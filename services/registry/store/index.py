@@ -20,6 +20,7 @@ from typing import Any
 from services.common.digest import InvalidDigest, parse_digest
 from services.common.files import write_atomically
 from services.registry.errors import StoreCorrupt
+from services.registry.store.json_document import load_json
 
 __all__ = [
     "INDEX_FILE",
@@ -30,6 +31,7 @@ __all__ = [
     "Index",
     "IndexDocument",
     "IndexEntry",
+    "decode_index",
 ]
 
 LAYOUT_FILE = "oci-layout"
@@ -173,6 +175,11 @@ class IndexDocument:
         return cls(entries, extra)
 
 
+def decode_index(data: bytes, where: str = "index.json") -> IndexDocument:
+    """An index.json's bytes as a document; StoreCorrupt for anything else."""
+    return IndexDocument.from_json(load_json(data, where))
+
+
 def _encode(document: IndexDocument) -> bytes:
     return json.dumps(document.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -196,10 +203,8 @@ class Index:
         self._root.mkdir(parents=True, exist_ok=True)
         layout = self._root / LAYOUT_FILE
         if layout.exists():
-            try:
-                version = json.loads(layout.read_bytes()).get("imageLayoutVersion")
-            except (ValueError, AttributeError) as exc:
-                raise StoreCorrupt(f"{layout} is not a valid oci-layout file") from exc
+            raw = load_json(layout.read_bytes(), f"{layout} (oci-layout)")
+            version = raw.get("imageLayoutVersion") if isinstance(raw, dict) else None
             if version != LAYOUT_VERSION:
                 raise StoreCorrupt(f"{layout}: unsupported imageLayoutVersion {version!r}")
         else:
@@ -215,11 +220,7 @@ class Index:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return IndexDocument()
-        try:
-            raw = json.loads(data)
-        except ValueError as exc:
-            raise StoreCorrupt(f"{self.path} is not valid JSON: {exc}") from exc
-        return IndexDocument.from_json(raw)
+        return decode_index(data, str(self.path))
 
     async def reset(self) -> None:
         """Replace the index with an empty one, even when the current one is unreadable."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from services.common.digest import InvalidDigest, parse_digest
 from services.registry.errors import StoreCorrupt
+from services.registry.store.json_document import load_json
 
 __all__ = [
     "ANNOTATION_FILEPATH",
@@ -161,10 +162,7 @@ class Manifest:
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    try:
-        raw = json.loads(data)
-    except ValueError as exc:
-        raise StoreCorrupt(f"manifest is not valid JSON: {exc}") from exc
+    raw = load_json(data, "manifest")
     if not isinstance(raw, dict):
         raise StoreCorrupt("manifest is not a JSON object")
     if raw.get("schemaVersion") != 2:
@@ -270,10 +268,7 @@ def parse_config(media_type: str, data: bytes) -> ConfigFile:
     """A config blob of any accepted media type, in DMR's shape."""
     if media_type not in CONFIG_MEDIA_TYPES:
         raise StoreCorrupt(f"config type {media_type!r} is not supported")
-    try:
-        raw = json.loads(data)
-    except ValueError as exc:
-        raise StoreCorrupt(f"model config is not valid JSON: {exc}") from exc
+    raw = load_json(data, "model config")
     if not isinstance(raw, dict):
         raise StoreCorrupt("model config is not a JSON object")
     config, descriptor = _object(raw, "config"), _object(raw, "descriptor")

@@ -17,9 +17,11 @@ import httpx
 import orjson
 import pytest
 
-from modelrunner.v1 import common_pb2
+from modelrunner.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.common.grpc_client import open_channel
 from services.registry.gguf_metadata import read_gguf_info
 from services.scheduler.memory import estimate_memory
+from services.worker.config import WorkerSettings
 from tests.integration.scheduler.conftest import Cluster, WorkerPlan
 from tests.support.processes import wait_until
 
@@ -111,6 +113,16 @@ async def _placed(client: httpx.AsyncClient, model: str) -> set[str]:
 async def _configure(client: httpx.AsyncClient, model: str, **config: Any) -> None:
     response = await client.post("/engines/_configure", json={"model": model, **config})
     assert response.status_code == 202, response.text
+
+
+async def test_workers_report_their_runner_limit(cluster: Cluster) -> None:
+    """WORKER_MAX_RUNNERS (default 4) reaches the scheduler, which places within it."""
+    async with open_channel(cluster.scheduler_address) as channel:
+        reply = await scheduler_pb2_grpc.SchedulerStub(channel).ListWorkers(
+            scheduler_pb2.ListWorkersRequest(), timeout=10.0
+        )
+    limits = {status.worker.worker_id: status.worker.max_runners for status in reply.workers}
+    assert limits == {"w1": WorkerSettings().max_runners, "w2": WorkerSettings().max_runners}
 
 
 async def test_placement_follows_required_tags(client: httpx.AsyncClient) -> None:

@@ -210,3 +210,20 @@ def test_non_json_answers_are_failures(gateway: FakeGateway) -> None:
     gateway.route("GET", "/models", lambda _: httpx.Response(200, content=b"<html>"))
     with client(gateway) as api, pytest.raises(CliError, match="not JSON"):
         api.list_models()
+
+
+def test_api_key_is_sent_as_bearer_and_kept_out_of_repr() -> None:
+    gateway = FakeGateway()
+    gateway.json("GET", "/models", [])
+    settings = CliSettings.from_env({"MODEL_RUNNER_HOST": HOST, "MODEL_RUNNER_API_KEY": "sk-abc"})
+    with GatewayClient(settings, transport=gateway.transport()) as api:
+        api.list_models()
+    (request,) = gateway.sent("GET", "/models")
+    assert request.headers["Authorization"] == "Bearer sk-abc"
+    assert "sk-abc" not in repr(settings)
+
+    without = FakeGateway()
+    without.json("GET", "/models", [])
+    with GatewayClient(CliSettings(host=HOST), transport=without.transport()) as api:
+        api.list_models()
+    assert "Authorization" not in without.sent("GET", "/models")[0].headers

@@ -331,6 +331,7 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
     ) -> registry_pb2.PackageResponse:
         received = 0
         ended = False
+        refused = False
         try:
             async for message in request_iterator:
                 part = message.WhichOneof("part")
@@ -338,14 +339,18 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
                     self.upload_headers.append(message.header)
                 elif part == "end":
                     ended = True
-                else:
+                elif not refused:
                     self.upload_chunks.append(message.gguf_chunk)
                     received += len(message.gguf_chunk)
-                if self.upload_failure is not None and received >= self.upload_failure_after:
-                    await context.abort(*self.upload_failure)
+                # As the registry: a refused upload is read to its end before the error goes out.
+                refused = refused or (
+                    self.upload_failure is not None and received >= self.upload_failure_after
+                )
         except asyncio.CancelledError:
             self.upload_cancelled.set()
             raise
+        if refused and self.upload_failure is not None:
+            await context.abort(*self.upload_failure)
         if not ended:
             # grpc.aio ends the stream quietly when the client cancels.
             self.upload_cancelled.set()

@@ -267,7 +267,9 @@ class _SmallStore(GatewaySettings):
 async def test_the_store_keeps_the_most_recent_responses(
     settings: GatewaySettings, neighbours: Neighbours
 ) -> None:
-    small = _SmallStore(**{**dataclasses.asdict(settings), "responses_max_stored": 2})
+    # Shallow: asdict would turn nested settings (security) into dicts.
+    fields = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
+    small = _SmallStore(**{**fields, "responses_max_stored": 2})
     ids = []
     async with asgi_client(small) as client:
         for text in ("a", "b", "c"):

@@ -127,6 +127,8 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail_with: str | None = None
+        # Reported as WorkerInfo.max_runners (0: no limit).
+        self.max_runners = 0
         self._generation = 0
         self._server: grpc.aio.Server | None = None
         self.address = ""
@@ -186,6 +188,7 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
             tags={"accelerator": "cpu"},
             memory_total_bytes=16 << 30,
             memory_free_bytes=self.memory_free,
+            max_runners=self.max_runners,
         )
 
     async def register(self, stub: scheduler_pb2_grpc.SchedulerAsyncStub) -> int:

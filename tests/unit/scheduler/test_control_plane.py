@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from modelrunner.v1 import common_pb2, scheduler_pb2
-from tests.unit.scheduler.fakes import SMOLLM2, FakeClock, Scheduler, cluster, poll
+from tests.unit.scheduler.fakes import QWEN, SMOLLM2, FakeClock, Scheduler, cluster, poll
 
 MODEL_ID = SMOLLM2.id
 REASON = "x-modelrunner-reason"
@@ -240,3 +240,52 @@ async def test_a_request_keep_alive_overrides_the_model_default() -> None:
         await poll(lambda: c.workers["w1"].unload_calls == [MODEL_ID], what="unload when idle")
         await control.sweep(c.clock.monotonic())
         assert control.keep_alive_for(MODEL_ID) == 300.0, "forgotten once the model is gone"
+
+
+async def test_a_model_that_fits_a_busy_worker_waits_then_loads_in_place_of_the_idle_one() -> None:
+    """WORKER_MAX_RUNNERS=1 and the one runner serves a request: a second model is not refused
+    (507 would say no worker could ever hold it); it waits, and loads once the first goes idle."""
+    async with cluster(("w1",), env=QUIET) as c, c.scheduler() as s:
+        worker = c.workers["w1"]
+        worker.max_runners = 1
+        await worker.register(s.stub)
+        busy = await assign(s)
+        control = s.app.control
+        waiting = asyncio.ensure_future(
+            s.stub.Assign(scheduler_pb2.AssignRequest(model="qwen"), timeout=10)
+        )
+        await poll(lambda: control.queue.waiting(QWEN.id) == 1, what="qwen waits")
+        await control.autoscale_once(c.clock.monotonic())
+        assert worker.load_calls == [MODEL_ID], "no load while the only runner is busy"
+        assert not waiting.done()
+        await release(s, busy.lease_id)
+        await control.autoscale_once(c.clock.monotonic())
+        served = await waiting
+        assert served.model_id == QWEN.id
+        assert worker.unload_calls == [MODEL_ID]
+        await release(s, served.lease_id)
+
+
+async def test_max_runners_travels_from_register_to_list_workers() -> None:
+    async with cluster(("w1",), env=QUIET) as c, c.scheduler() as s:
+        c.workers["w1"].max_runners = 3
+        await c.workers["w1"].register(s.stub)
+        [status] = (await s.stub.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=5)).workers
+        assert status.worker.max_runners == 3
+
+
+async def test_assigns_beyond_the_admission_bound_are_refused_at_once() -> None:
+    env = {**QUIET, "SCHEDULER_DEFAULT_PARALLEL": "1", "SCHEDULER_MAX_ASSIGNS_IN_FLIGHT": "1"}
+    async with cluster(("w1",), env=env) as c, c.scheduler() as s:
+        await c.workers["w1"].register(s.stub)
+        holder = await assign(s)
+        queued = asyncio.create_task(assign(s))
+        await poll(lambda: s.app.control.queue.waiting(MODEL_ID) == 1, what="one waits")
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            await assign(s)
+        assert excinfo.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert reason(excinfo.value) == "queue-full"
+        assert "answering 1 requests" in (excinfo.value.details() or "")
+        assert s.app.control.queue.waiting(MODEL_ID) == 1, "the refused one never queued"
+        await release(s, holder.lease_id)
+        await release(s, (await queued).lease_id)

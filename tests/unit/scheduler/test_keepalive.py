@@ -236,3 +236,25 @@ def test_keep_alive_is_per_model() -> None:
     chosen, wake = due_runners(cluster, keep_alive.__getitem__)
     assert [r.worker_id for r in chosen] == ["a"]
     assert wake == NOW + 50
+
+
+async def test_releases_wake_the_reaper_only_when_a_runner_falls_due_earlier() -> None:
+    """A pass snapshots the whole cluster: a release that falls due after the planned wake-up
+    must not cost one, and one that falls due earlier (keep-alive 0: now) must."""
+    r, membership, leases, workers, clock = reaper(FIVE_MINUTES)
+    use(membership, leases, clock)
+    task = asyncio.create_task(r.run())
+    try:
+        await poll(lambda: r.passes == 1, what="first pass")
+        for _ in range(5):
+            clock.advance(1)
+            r.due_by(clock.monotonic() + FIVE_MINUTES)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert r.passes == 1, "later deadlines leave the reaper asleep"
+        r.due_by(clock.monotonic())
+        await poll(lambda: r.passes == 2, what="a pass for the earlier deadline")
+        assert workers.unloads == []
+    finally:
+        r.stop()
+        await asyncio.wait_for(task, 5)

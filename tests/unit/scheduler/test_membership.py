@@ -182,3 +182,57 @@ def test_snapshot_is_a_copy() -> None:
     m.heartbeat("w1", [], 100, now=4.0)
     assert before.replicas("m")[0].in_flight == 2
     assert before.replicas("m")[0].last_used is None
+
+
+def _replica_ids(m: Membership, model_id: str, now: float) -> set[str]:
+    return {r.worker_id for r in m.replicas(model_id, now, {})}
+
+
+def test_per_model_index_follows_every_change() -> None:
+    """`replicas` reads an index, not the workers: it must agree with the snapshot after each
+    kind of change."""
+    m = membership()
+    m.register(spec("w1"), [report("a")], now=0.0)
+    m.register(spec("w2", "h:2"), [report("a"), report("b")], now=0.0)
+    assert _replica_ids(m, "a", 0.0) == {"w1", "w2"}
+    m.heartbeat("w2", [report("b")], 100, now=1.0)  # w2 dropped a
+    assert _replica_ids(m, "a", 1.0) == {"w1"}
+    m.reserve("w2", "c", "ai/c", now=1.0)
+    assert _replica_ids(m, "c", 1.0) == {"w2"}
+    m.cancel_reservation("w2", "c")
+    assert _replica_ids(m, "c", 1.0) == set()
+    m.register(spec("w1", "h:9"), [report("b")], now=2.0)  # re-registered without a
+    assert _replica_ids(m, "a", 2.0) == set()
+    assert _replica_ids(m, "b", 2.0) == {"w1", "w2"}
+    m.heartbeat("w1", [report("b")], 100, now=7.5)
+    assert m.expire_dead(7.5) == [spec("w2", "h:2")]
+    assert _replica_ids(m, "b", 7.5) == {"w1"}
+    generation = m.begin_unload("w1", "b")
+    assert generation is not None
+    m.finish_unload("w1", "b", generation)
+    assert _replica_ids(m, "b", 7.5) == set()
+    assert m.snapshot(7.5, {}).runners() == ()
+
+
+def test_views_are_reused_until_the_runner_or_its_load_changes() -> None:
+    m = membership()
+    m.register(spec(), [report("a")], now=0.0)
+    [first] = m.replicas("a", 0.0, {})
+    [again] = m.replicas("a", 0.0, {})
+    assert again is first
+    [busy] = m.replicas("a", 0.0, {("w1", "a"): 1})
+    assert busy.in_flight == 1
+    m.touch("w1", "a", now=3.0, assigned=True)
+    [touched] = m.replicas("a", 3.0, {("w1", "a"): 1})
+    assert (touched.last_used, touched.last_assigned, touched.in_flight) == (3.0, 3.0, 1)
+    m.heartbeat("w1", [report("a", RunnerState.FAILED)], 100, now=4.0)
+    [failed] = m.replicas("a", 4.0, {})
+    assert failed.state is RunnerState.FAILED and not failed.routable
+
+
+def test_expiry_grace_keeps_workers_the_scheduler_was_too_busy_to_hear() -> None:
+    m = membership()
+    m.register(spec(), [report("a")], now=0.0)
+    assert m.expire_dead(TIMEOUT + 3.0, grace=5.0) == []
+    assert _replica_ids(m, "a", TIMEOUT + 3.0) == {"w1"}, "routing agrees with the sweep"
+    assert m.expire_dead(TIMEOUT + 3.0, grace=0.0) == [spec()]

@@ -269,7 +269,9 @@ def test_only_evictable_runners_are_evicted() -> None:
 def test_loading_runners_are_never_evicted() -> None:
     loading = runner("a", "x", memory_bytes=3 * GiB, pending=True, state=RunnerState.STARTING)
     refusal = plan(snapshot(worker("a", total=4 * GiB, runners=(loading,))), 2 * GiB)
-    assert isinstance(refusal, PlacementRefusal) and refusal.insufficient_memory
+    # It fits once the load is done and idle: wait for it, not 507.
+    assert isinstance(refusal, PlacementRefusal) and refusal.busy
+    assert not refusal.insufficient_memory
 
 
 def test_fewest_evictions_win() -> None:
@@ -326,6 +328,51 @@ def test_refusal_counts_only_evictable_memory() -> None:
         worker("a", total=8 * GiB, runners=(runner("a", "x", memory_bytes=4 * GiB),))
     )
     assert chosen(plan(cluster, 6 * GiB, evictable=everything)) == "a"
-    refusal = plan(cluster, 6 * GiB, evictable=nothing)
+    busy = plan(cluster, 6 * GiB, evictable=nothing)
+    assert isinstance(busy, PlacementRefusal) and busy.busy and not busy.insufficient_memory
+    assert "fits worker(s) a" in busy.reason
+    refusal = plan(cluster, 9 * GiB, evictable=nothing)
     assert isinstance(refusal, PlacementRefusal) and refusal.insufficient_memory
+    assert not refusal.busy
     assert "offer is 4.0 GiB (a," in refusal.reason
+
+
+@pytest.mark.parametrize(
+    ("total", "free", "need", "busy"),
+    [
+        pytest.param(8, 0, 6, True, id="capacity holds it once the busy runner goes"),
+        pytest.param(8, 0, 9, False, id="larger than the worker: 507"),
+        pytest.param(8, 5, 6, True, id="free plus the busy runner's memory covers it"),
+        pytest.param(8, 1, 6, False, id="memory taken outside the scheduler will not come back"),
+    ],
+)
+def test_busy_versus_never_fits(total: int, free: int, need: int, busy: bool) -> None:
+    busy_runner = runner("a", "x", memory_bytes=4 * GiB, in_flight=1)
+    cluster = snapshot(worker("a", total=total * GiB, free=free * GiB, runners=(busy_runner,)))
+    refusal = plan(cluster, need * GiB, evictable=lambda r: not r.busy)
+    assert isinstance(refusal, PlacementRefusal)
+    assert (refusal.busy, refusal.insufficient_memory) == (busy, not busy)
+
+
+def test_max_runners_evicts_an_idle_runner_even_when_memory_fits() -> None:
+    runners = (
+        runner("a", "old", memory_bytes=GiB, last_used=1.0),
+        runner("a", "new", memory_bytes=GiB, last_used=5.0),
+    )
+    cluster = snapshot(worker("a", total=64 * GiB, max_runners=2, runners=runners))
+    result = plan(cluster, GiB)
+    assert isinstance(result, PlacementPlan)
+    assert [r.model_id for r in result.evict] == ["old"]
+
+
+def test_max_runners_prefers_a_worker_below_its_limit() -> None:
+    full = worker("a", total=64 * GiB, max_runners=1, runners=(runner("a", "x", last_used=1.0),))
+    roomy = worker("b", total=8 * GiB, max_runners=2, runners=(runner("b", "y", last_used=1.0),))
+    assert chosen(plan(snapshot(full, roomy), GiB)) == "b"
+
+
+def test_a_worker_at_its_runner_limit_with_busy_runners_means_wait() -> None:
+    busy = runner("a", "x", memory_bytes=GiB, in_flight=2)
+    cluster = snapshot(worker("a", total=64 * GiB, max_runners=1, runners=(busy,)))
+    refusal = plan(cluster, GiB, evictable=lambda r: not r.busy)
+    assert isinstance(refusal, PlacementRefusal) and refusal.busy

@@ -268,3 +268,29 @@ def test_choose_and_record_are_cheap() -> None:
     best = min(timeit.repeat(one, number=1000, repeat=3)) / 1000
     # Well under the 100 µs budget even on a loaded 2-core machine.
     assert best < 500e-6, f"choose+record took {best * 1e6:.0f} µs"
+
+
+@pytest.mark.parametrize(
+    ("setting", "slots", "target_load", "expected"),
+    [
+        # Only replicas with a free slot are offered, so the target leads by at most slots - 1.
+        pytest.param(2, 2, 1, "a", id="2 slots: one ahead is allowed (the floor)"),
+        pytest.param(0, 2, 1, "b", id="2 slots, setting 0: a busy target yields"),
+        pytest.param(2, 3, 1, "a", id="3 slots: one ahead is allowed"),
+        pytest.param(2, 3, 2, "b", id="3 slots: two ahead yields (uncapped, it never did)"),
+        pytest.param(2, 4, 2, "a", id="4 slots: the setting (2) applies"),
+        pytest.param(2, 4, 3, "b", id="4 slots: three ahead yields"),
+        pytest.param(5, 8, 5, "a", id="8 slots: the setting (5) applies"),
+        pytest.param(5, 8, 6, "b", id="8 slots: six ahead yields"),
+        pytest.param(2, 0, 2, "a", id="unknown slots: the setting as is"),
+    ],
+)
+def test_affinity_load_guard_is_relative_to_slots(
+    setting: int, slots: int, target_load: int, expected: str
+) -> None:
+    policy = AffinityRouting(max_entries=100, max_imbalance=setting)
+    request = RouteRequest("m", affinity_key="session:x")
+    policy.record(runner("a", parallel=slots), request)
+    replicas = [runner("a", in_flight=target_load, parallel=slots), runner("b", parallel=slots)]
+    chosen = policy.choose(replicas, request)
+    assert chosen is not None and chosen.worker_id == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -342,3 +343,27 @@ async def test_unload_models_skips_busy_runners() -> None:
         assert reply.unloaded_runners == 1
         assert c.workers["w1"].unload_calls == [QWEN.id, MODEL_ID]
         assert await placements(s) == []
+
+
+async def test_a_lagging_scheduler_does_not_expire_workers_it_was_too_busy_to_hear() -> None:
+    async with cluster(("w1",)) as c, c.scheduler() as s:
+        await c.workers["w1"].register(s.stub)
+        control = s.app.control
+        c.clock.advance(8.0)  # past the 6 s worker timeout, without a heartbeat processed
+        # The sweep loop measured that the event loop ran 5 s late.
+        control.lag.record(c.clock.monotonic(), 5.0)
+        await control.sweep(c.clock.monotonic())
+        assert await c.workers["w1"].heartbeat(s.stub), "kept: its heartbeats were only late"
+        c.clock.advance(20.0)  # the lag left the window, and the worker is silent for 20 s
+        await control.sweep(c.clock.monotonic())
+        assert not await c.workers["w1"].heartbeat(s.stub)
+
+
+async def test_the_sweep_loop_measures_how_late_the_event_loop_runs() -> None:
+    env = {"SCHEDULER_HEARTBEAT_INTERVAL": "0.05s", "SCHEDULER_WORKER_TIMEOUT": "6s"}
+    async with cluster(("w1",), env=env) as c, c.scheduler() as s:
+        lag = s.app.control.lag
+        time.sleep(0.3)  # noqa: ASYNC251 - the point: hold the event loop as a CPU-bound flood would
+        await poll(lambda: lag.grace(c.clock.monotonic()) >= 0.2, what="the lag measured")
+        c.clock.advance(60.0)  # jumps of the injected clock are not lag
+        await poll(lambda: lag.grace(c.clock.monotonic()) < 0.2, what="the window moved on")

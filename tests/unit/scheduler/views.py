@@ -29,6 +29,7 @@ def runner(
     last_assigned: float | None = None,
     generation: int = 1,
     memory_bytes: int = 0,
+    parallel: int = 0,
 ) -> RunnerView:
     return RunnerView(
         worker_id=worker_id,
@@ -40,6 +41,7 @@ def runner(
             generation=generation,
             in_flight=reported_in_flight,
             memory_bytes=memory_bytes,
+            parallel=parallel,
         ),
         in_flight=in_flight,
         pending=pending,
@@ -57,6 +59,7 @@ def worker(
     alive: bool = True,
     tags: Mapping[str, str] | None = None,
     runners: tuple[RunnerView, ...] = (),
+    max_runners: int = 0,
 ) -> WorkerView:
     return WorkerView(
         spec=WorkerSpec(
@@ -65,6 +68,7 @@ def worker(
             tags=tags or {},
             memory_free_bytes=free,
             memory_total_bytes=total,
+            max_runners=max_runners,
         ),
         last_seen=NOW,
         alive=alive,

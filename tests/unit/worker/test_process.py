@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -87,3 +89,47 @@ async def test_missing_binary_is_a_start_error(tmp_path: Path) -> None:
     )
     with pytest.raises(RunnerStartError, match="cannot execute"):
         await child.run()
+
+
+_REPO = Path(__file__).resolve().parents[3]
+_WORKER_STAND_IN = """
+import asyncio, sys
+from pathlib import Path
+from services.worker.process import ChildProcess
+
+async def main():
+    child = ChildProcess(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        log_path=Path(sys.argv[1]),
+        stop_timeout=1.0,
+        log_max_bytes=1000,
+    )
+    await child.start()
+    print(child.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_child_dies_with_a_worker_killed_by_sigkill(tmp_path: Path) -> None:
+    """Issue 9's fault suite found llama-servers orphaned by `kill -9` of their worker."""
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WORKER_STAND_IN,
+        str(tmp_path / "child.log"),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=_REPO,
+    )
+    assert worker.stdout is not None
+    line = await asyncio.wait_for(worker.stdout.readline(), 30.0)
+    grandchild = int(line)
+    try:
+        assert is_alive(grandchild)
+        worker.kill()
+        await worker.wait()
+        await eventually(lambda: not is_alive(grandchild), what="the orphan to die")
+    finally:
+        if is_alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
