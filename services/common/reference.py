@@ -59,11 +59,21 @@ class ModelReference:
     @property
     def familiar(self) -> str:
         """What users see and what the store tags with: `ai/smollm2:latest`."""
+        return self.local_name(DEFAULT_REGISTRY)
+
+    def local_name(self, default_registry: str) -> str:
+        """The name without the host when it is `default_registry` (DMR's DEFAULT_REGISTRY), so
+        that it reads back to this reference under that default. Docker Hub's models keep a
+        `docker.io/` host when another registry is the default: `docker.io/ai/x` and
+        `<default>/ai/x` are different models and must not share the name `ai/x`."""
+        if self.registry != default_registry:
+            host = "docker.io" if self.is_default_registry else self.registry
         # `docker.io/a.b/c` must not display as `a.b/c`, which would read back as host `a.b`.
-        shown_bare = self.is_default_registry and not _looks_like_registry(
-            self.repository.partition("/")[0]
-        )
-        name = self.repository if shown_bare else f"{self.registry}/{self.repository}"
+        elif _looks_like_registry(self.repository.partition("/")[0]):
+            host = self.registry
+        else:
+            host = ""
+        name = f"{host}/{self.repository}" if host else self.repository
         return f"{name}@{self.digest}" if self.digest else f"{name}:{self.tag}"
 
     @property

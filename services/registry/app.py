@@ -67,6 +67,7 @@ async def build_registry(
         settings.models_path,
         io_chunk_bytes=settings.io_chunk_bytes,
         max_metadata_bytes=settings.max_metadata_bytes,
+        default_registry=settings.remote.default_registry,
     )
     await store.initialize(clock=clock, incomplete_max_age=settings.incomplete_max_age)
     packager = Packager(

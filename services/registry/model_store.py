@@ -17,7 +17,13 @@ from pathlib import Path
 
 from services.common.clock import Clock
 from services.common.digest import sha256_digest
-from services.common.reference import InvalidReference, is_model_id, parse_reference
+from services.common.reference import (
+    DEFAULT_REGISTRY,
+    InvalidReference,
+    ModelReference,
+    is_model_id,
+    parse_reference,
+)
 from services.registry.errors import (
     BlobNotFound,
     Conflict,
@@ -105,19 +111,20 @@ def _repository_name(tag: str) -> str:
     return name[name.rfind("/") + 1 :]
 
 
-def _target_reference(text: str) -> str:
-    try:
-        reference = parse_reference(text)
-    except InvalidReference as exc:
-        raise InvalidArgument(str(exc)) from exc
-    if reference.digest:
-        raise InvalidArgument(f"cannot tag with a digest reference: {text!r}")
-    return reference.familiar
-
-
 class ModelStore:
-    def __init__(self, root: Path, *, blobs: BlobStore, index: Index, max_metadata_bytes: int):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        blobs: BlobStore,
+        index: Index,
+        max_metadata_bytes: int,
+        default_registry: str = DEFAULT_REGISTRY,
+    ):
         self.root = root
+        # Names without a host mean this registry's models (DEFAULT_REGISTRY), in tags as typed
+        # and as stored.
+        self._default_registry = default_registry
         self.blobs = blobs
         self._index = index
         self._max_metadata_bytes = max_metadata_bytes
@@ -125,13 +132,36 @@ class ModelStore:
         self._mutation = asyncio.Lock()
 
     @classmethod
-    def open(cls, root: Path, *, io_chunk_bytes: int, max_metadata_bytes: int) -> ModelStore:
+    def open(
+        cls,
+        root: Path,
+        *,
+        io_chunk_bytes: int,
+        max_metadata_bytes: int,
+        default_registry: str = DEFAULT_REGISTRY,
+    ) -> ModelStore:
         return cls(
             root,
             blobs=BlobStore(root, io_chunk_bytes=io_chunk_bytes),
             index=Index(root),
             max_metadata_bytes=max_metadata_bytes,
+            default_registry=default_registry,
         )
+
+    def parse(self, text: str) -> ModelReference:
+        """`text` as a reference, with this store's default registry; InvalidArgument if not."""
+        try:
+            return parse_reference(text, default_registry=self._default_registry)
+        except InvalidReference as exc:
+            raise InvalidArgument(str(exc)) from exc
+
+    def tag_for(self, text: str) -> str:
+        """The tag `text` is stored under (`ai/smollm2:latest`); InvalidArgument for a digest or
+        a malformed reference."""
+        reference = self.parse(text)
+        if reference.digest:
+            raise InvalidArgument(f"cannot tag with a digest reference: {text!r}")
+        return reference.local_name(self._default_registry)
 
     async def initialize(self, *, clock: Clock, incomplete_max_age: float) -> None:
         """Create the layout if absent and drop stale partial blobs (a negative age keeps them)."""
@@ -206,17 +236,15 @@ class ModelStore:
                 return _Resolved(digest, by_id=True)
             if text.startswith("sha256:"):
                 raise ModelNotFound(text)
-        try:
-            parsed = parse_reference(text)
-        except InvalidReference as exc:
-            raise InvalidArgument(str(exc)) from exc
+        parsed = self.parse(text)
         if parsed.digest:
             if parsed.digest in document.digests():
                 return _Resolved(parsed.digest, by_id=True)
             raise ModelNotFound(text)
-        entry = document.entry_for_tag(parsed.familiar)
+        tag = parsed.local_name(self._default_registry)
+        entry = document.entry_for_tag(tag)
         if entry is not None:
-            return _Resolved(entry.digest, by_id=False, tag=parsed.familiar)
+            return _Resolved(entry.digest, by_id=False, tag=tag)
         if partial and not any(sep in text for sep in "/:@"):
             # DMR's fallback for GET and tag: "smollm2" finds "myorg/smollm2:v2".
             for candidate in document.entries:
@@ -243,7 +271,7 @@ class ModelStore:
         manifest = parse_manifest(manifest_data)
         if manifest.config.media_type not in CONFIG_MEDIA_TYPES:
             raise InvalidArgument(f"config type {manifest.config.media_type!r} is not supported")
-        familiar = [_target_reference(tag) for tag in tags]
+        familiar = [self.tag_for(tag) for tag in tags]
         digest = sha256_digest(manifest_data)
         with self._pins.session() as pins:
             pins.add(digest)
@@ -279,7 +307,7 @@ class ModelStore:
 
         Returns the normalized tag and the model.
         """
-        new_tag = _target_reference(target)
+        new_tag = self.tag_for(target)
         async with self._mutation:
             document = await self._index.read()
             resolved = self._resolve(document, source, partial=True)

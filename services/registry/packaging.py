@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.common.digest import sha256_digest
-from services.common.reference import InvalidReference, parse_reference
 from services.registry.errors import (
     InvalidArgument,
     InvalidModelFile,
@@ -175,20 +174,14 @@ class Packager:
         _log.info("packaged %s as %s (%s)", sources[0].name, tag, model.id)
         return model
 
-    @staticmethod
-    def check_request(tag: str, context_size: int) -> str:
+    def check_request(self, tag: str, context_size: int) -> str:
         """The normalized tag; InvalidArgument for a missing or bad tag or context size."""
         if not tag.strip():
             raise InvalidArgument("a tag for the packaged model is required")
-        try:
-            reference = parse_reference(tag)
-        except InvalidReference as exc:
-            raise InvalidArgument(str(exc)) from exc
-        if reference.digest:
-            raise InvalidArgument(f"cannot tag with a digest reference: {tag!r}")
+        normalized = self._store.tag_for(tag)
         if not 0 <= context_size <= _INT32_MAX:
             raise InvalidArgument(f"context_size must be between 0 and {_INT32_MAX}")
-        return reference.familiar
+        return normalized
 
     def _open_source(
         self, raw: str, what: str, media_type: str, *, trusted: bool = False

@@ -72,7 +72,6 @@ __all__ = [
     "Puller",
     "check_manifest",
     "fetch_model_manifest",
-    "local_name",
     "open_session",
     "parse_remote_config",
     "parse_remote_reference",
@@ -93,14 +92,6 @@ def parse_remote_reference(text: str, default_registry: str = DEFAULT_REGISTRY) 
         return parse_reference(text, default_registry=default_registry)
     except InvalidReference as exc:
         raise InvalidArgument(str(exc)) from exc
-
-
-def local_name(reference: ModelReference, default_registry: str) -> str:
-    """The store tag: like DMR, the default registry's models are named without their host."""
-    if reference.registry != default_registry or reference.is_default_registry:
-        return reference.familiar
-    name = reference.repository
-    return f"{name}@{reference.digest}" if reference.digest else f"{name}:{reference.tag}"
 
 
 async def open_session(
@@ -264,7 +255,8 @@ class Puller:
         tags = (
             ()
             if plan.reference.digest
-            else (local_name(plan.reference, self._settings.default_registry),)
+            # The store names it: without the host when it is the default registry's.
+            else (plan.reference.qualified,)
         )
         layers = plan.layers
         total = sum(layer.size for layer in layers)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from services.common.clock import SystemClock
+from services.common.reference import DEFAULT_REGISTRY
 from services.registry.model_store import ModelStore
 from services.registry.packaging import Packager
 
@@ -62,8 +63,13 @@ def tiny_gguf(tmp_path: Path) -> TinyFactory:
     return make
 
 
-async def open_store(root: Path) -> ModelStore:
-    store = ModelStore.open(root, io_chunk_bytes=64 * 1024, max_metadata_bytes=1 << 20)
+async def open_store(root: Path, *, default_registry: str = DEFAULT_REGISTRY) -> ModelStore:
+    store = ModelStore.open(
+        root,
+        io_chunk_bytes=64 * 1024,
+        max_metadata_bytes=1 << 20,
+        default_registry=default_registry,
+    )
     await store.initialize(clock=SystemClock(), incomplete_max_age=7 * 24 * 3600)
     return store
 

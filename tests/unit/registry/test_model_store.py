@@ -242,3 +242,30 @@ async def test_list_skips_models_whose_manifest_is_gone(
     assert [m.id for m in await store.list_models()] == [two_models[1].id]
     with pytest.raises(ModelNotFound):
         await store.inspect("alpha")
+
+
+async def test_with_another_default_registry_docker_hub_models_keep_their_host(
+    tmp_path: Path, tiny_gguf: TinyFactory
+) -> None:
+    """DEFAULT_REGISTRY=registry.lan: `ai/x` is registry.lan's model, `docker.io/ai/x` Docker
+    Hub's; they must not share the local name `ai/x` (the second would silently replace the
+    first)."""
+    store = await open_store(tmp_path / "models", default_registry="registry.lan")
+    packager = Packager(store, max_text_file_bytes=1 << 20)
+    assert store.tag_for("ai/x:v1") == "ai/x:v1"
+    assert store.tag_for("registry.lan/ai/x:v1") == "ai/x:v1"
+    assert store.tag_for("docker.io/ai/x:v1") == "docker.io/ai/x:v1"
+    assert store.tag_for("index.docker.io/ai/x:v1") == "docker.io/ai/x:v1"
+
+    local = await packager.package(PackageSpec(gguf_path=str(tiny_gguf(seed=1.0)), tag="ai/x:v1"))
+    hub = await packager.package(
+        PackageSpec(gguf_path=str(tiny_gguf("hub.gguf", seed=2.0)), tag="docker.io/ai/x:v1")
+    )
+    assert local.id != hub.id
+    assert (await store.inspect("ai/x:v1")).id == local.id
+    assert (await store.inspect("registry.lan/ai/x:v1")).id == local.id
+    assert (await store.inspect("docker.io/ai/x:v1")).id == hub.id
+    assert sorted(tag for model in await store.list_models() for tag in model.tags) == [
+        "ai/x:v1",
+        "docker.io/ai/x:v1",
+    ]

@@ -39,7 +39,6 @@ from services.registry.progress import Throttle, format_bytes
 from services.registry.pull import (
     Puller,
     check_manifest,
-    local_name,
     open_session,
     parse_remote_reference,
 )
@@ -380,12 +379,14 @@ def test_pull_endpoints_try_mirrors_in_order_then_the_upstream() -> None:
 def test_references_without_a_host_use_the_default_registry() -> None:
     reference = parse_remote_reference("ai/x:v1", "registry.lan")
     assert (reference.registry, reference.repository) == ("registry.lan", "ai/x")
-    assert local_name(reference, "registry.lan") == "ai/x:v1"
+    assert reference.local_name("registry.lan") == "ai/x:v1"
     hub = parse_remote_reference("ai/x:v1")
     assert hub.registry == DEFAULT_REGISTRY
-    assert local_name(hub, DEFAULT_REGISTRY) == "ai/x:v1"
+    assert hub.local_name(DEFAULT_REGISTRY) == "ai/x:v1"
+    # With another default, Docker Hub's model keeps its host: it is not the default's ai/x.
+    assert hub.local_name("registry.lan") == "docker.io/ai/x:v1"
     other = parse_remote_reference("ghcr.io/ai/x:v1", "registry.lan")
-    assert local_name(other, "registry.lan") == "ghcr.io/ai/x:v1"
+    assert other.local_name("registry.lan") == "ghcr.io/ai/x:v1"
 
 
 async def test_mirror_sessions_get_their_own_credentials_never_the_requests(
@@ -484,7 +485,6 @@ async def test_pull_falls_back_through_mirrors_in_order(
 ) -> None:
     model = await packager.package(PackageSpec(gguf_path=str(tiny_gguf()), tag="ai/tiny:v1"))
     upstream = MirroredRegistry(store, model.id, serving)
-    target = await open_store(tmp_path / "target")
     async with (
         upstream.hosts_named(*mirrors, "registry.lan") as address,
         httpx.AsyncClient() as http,
@@ -497,6 +497,7 @@ async def test_pull_falls_back_through_mirrors_in_order(
             retry_max_wait=0.0,
             docker_config_path=tmp_path / "none.json",
         )
+        target = await open_store(tmp_path / "target", default_registry=settings.default_registry)
         puller = Puller(
             target,
             BlobDownloader(target.blobs, settings),
