@@ -18,7 +18,7 @@ DOCKER_CLI_PLUGINS ?= $(HOME)/.docker/cli-plugins
 
 export LLAMA_CPP_BUILD_JOBS
 
-.PHONY: help system-deps install build llama-server model protos run test test-unit test-integration lint bench bench-registry bench-scheduler clean \
+.PHONY: help system-deps install build llama-server model protos run test test-unit test-integration lint fuzz bench bench-registry bench-scheduler clean \
 	docker-build docker-run compose-up compose-down deploy-tools deploy-check
 
 help: ## Show this help
@@ -65,6 +65,9 @@ test-unit: install ## Unit tests only (no llama-server)
 
 test-integration: install model ## Integration tests (real llama-server and SmolLM2)
 	MODEL_RUNNER_TEST_GGUF=$(abspath $(MODEL_FILE)) $(PY) -m pytest -q tests/integration
+
+fuzz: install model ## Fuzz the gateway (schemathesis) against a real stack; also part of `make test`
+	MODEL_RUNNER_TEST_GGUF=$(abspath $(MODEL_FILE)) $(PY) -m pytest -q tests/fuzz
 
 lint: install ## ruff, mypy --strict and hadolint
 	$(VENV)/bin/ruff check services model_cli tests bench scripts deploy

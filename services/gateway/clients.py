@@ -142,6 +142,19 @@ class SchedulerClient:
         )
         return reply.unloaded_runners
 
+    async def unload_deleted(self, models: Sequence[str], *, everything: bool = False) -> None:
+        """After models left the store: unload their idle runners so that a deleted model stops
+        holding memory (as Ollama and DMR do). The delete already happened, so a scheduler that
+        cannot be reached is logged, not an error (its keep-alive unloads them later)."""
+        if not models and not everything:
+            return
+        try:
+            await self.unload_models(unload_all=everything, models=models)
+        except grpc.aio.AioRpcError as exc:
+            _log.warning(
+                "deleted %s but could not unload it: %s", list(models) or "all", exc.details()
+            )
+
     async def configure_model(
         self, request: scheduler_pb2.ConfigureModelRequest
     ) -> scheduler_pb2.ModelConfigEntry:

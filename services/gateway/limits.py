@@ -36,8 +36,10 @@ def cap_max_tokens(body: bytes, cap: int) -> bytes:
         if value is None or isinstance(value, bool) or not isinstance(value, int):
             continue
         if value < 0 or value > cap:
+            # A negative value asks llama-server for no limit at all.
+            asked = f"{value} (no limit)" if value < 0 else str(value)
             raise errors.InvalidRequest(
-                f"{name} is {value}, above this server's limit of {cap} tokens "
+                f"{name} is {asked}, but this server generates at most {cap} tokens "
                 "(max_tokens, num_predict and max_output_tokens may be at most that)",
                 param=name,
             )

@@ -9,11 +9,11 @@ channel.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from types import TracebackType
 
 from services.common.clock import Clock
+from services.common.waiting import wait_event
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.control import ControlPlane
 from services.scheduler.metrics import SchedulerMetrics
@@ -81,8 +81,7 @@ class SchedulerApp:
                 await self.control.autoscale_once(self.clock.monotonic())
             except Exception:  # one failed pass must not stop scaling for good
                 _log.exception("autoscale pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.autoscale_interval)
+            await wait_event(self._stop, self.settings.autoscale_interval)
 
     async def _sweep_loop(self) -> None:
         """Every heartbeat interval, forget dead workers and expired leases. How late each pass
@@ -99,5 +98,4 @@ class SchedulerApp:
             except Exception:  # one failed pass must not stop dead-worker detection for good
                 _log.exception("sweep failed")
             due = loop.time() + self.settings.heartbeat_interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.heartbeat_interval)
+            await wait_event(self._stop, self.settings.heartbeat_interval)

@@ -13,11 +13,11 @@ protected (a configured minimum, requests waiting for the model, a load in progr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from services.common.clock import Clock
+from services.common.waiting import wait_event
 from services.scheduler.leases import LeaseTable
 from services.scheduler.membership import Membership
 from services.scheduler.model_configs import ConfigStore, effective_keep_alive
@@ -172,5 +172,4 @@ class Reaper:
             timeout = None
             if next_at is not None:
                 timeout = max(_MIN_WAIT, next_at - self._clock.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)

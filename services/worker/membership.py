@@ -9,7 +9,6 @@ worker registers again when the scheduler comes back or says it does not know th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from modelrunner.v1 import scheduler_pb2
+from services.common.waiting import wait_event
 from services.worker.convert import runner_info
 from services.worker.runner import RunnerSnapshot
 
@@ -178,5 +178,4 @@ class Membership:
 
     async def _wait(self, seconds: float) -> None:
         """Sleep up to `seconds`, ending early when a runner changes state."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+        await wait_event(self._changed, seconds)

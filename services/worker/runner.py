@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from services.common.request_id import detached_context
+from services.common.waiting import wait_event
 from services.worker.engine import Backend, LaunchConfig, RunnerClient
 from services.worker.errors import (
     InvalidTransitionError,
@@ -234,9 +235,7 @@ class Runner:
             self._set_state(RunnerState.DRAINING)
         if self._state is not RunnerState.DRAINING:
             return
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
+        if not await wait_event(self._idle, timeout):
             _log.warning(
                 "runner %s: %d requests still running after %.1fs drain; stopping anyway",
                 self.model_id[:19],

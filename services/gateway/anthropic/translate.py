@@ -114,7 +114,8 @@ def chat_request(request: MessagesRequest) -> Translation:
         # The first streamed chunk then carries `prompt_progress` with the prompt's token count
         # (and how much of it was cached), which message_start reports as its usage.
         body["return_progress"] = True
-    last = body["messages"][-1]
+    # Messages whose content is all empty (`"content": []`) translate to none at all.
+    last = body["messages"][-1] if body["messages"] else {"role": "user"}
     prefill = ""
     if not forced and last["role"] == "assistant" and "tool_calls" not in last:
         prefill = last["content"]

@@ -176,6 +176,7 @@ def build_router(context: GatewayContext) -> APIRouter:
     async def purge_models() -> Response:
         with errors.translate_rpc_errors("registry", precondition=errors.Conflict):
             reply = await context.registry.purge()
+        await context.scheduler.unload_deleted((), everything=True)
         return json_response(
             {"deleted_models": reply.deleted_models, "deleted_blobs": reply.deleted_blobs}
         )
@@ -185,6 +186,7 @@ def build_router(context: GatewayContext) -> APIRouter:
         force = _flag(request, "force")
         with errors.translate_rpc_errors("registry", precondition=errors.Conflict):
             reply = await context.registry.delete_model(name, force=force)
+        await context.scheduler.unload_deleted(list(reply.deleted))
         actions = [{"Untagged": tag} for tag in reply.untagged]
         actions.extend({"Deleted": model_id} for model_id in reply.deleted)
         return json_response(actions)

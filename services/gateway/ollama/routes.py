@@ -143,11 +143,7 @@ def build_router(context: GatewayContext, *, clock: Clock | None = None) -> APIR
         # model with it, and then its runners are unloaded too, as in DMR.
         with errors.translate_rpc_errors("registry", precondition=errors.Conflict):
             reply = await context.registry.delete_model(name, force=False)
-        if reply.deleted:
-            try:
-                await context.scheduler.unload_models(unload_all=False, models=list(reply.deleted))
-            except grpc.aio.AioRpcError as exc:
-                _log.warning("deleted %s but could not unload it: %s", name, exc.details())
+        await context.scheduler.unload_deleted(list(reply.deleted))
         return Response(status_code=200)
 
     @router.post("/copy", openapi_extra=json_body(model_schema(CopyRequest)))

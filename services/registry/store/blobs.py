@@ -15,10 +15,10 @@ import errno
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from services.common.digest import InvalidDigest, parse_digest
 from services.registry.errors import (
@@ -32,6 +32,8 @@ from services.registry.errors import (
 __all__ = ["INCOMPLETE_SUFFIX", "BlobReader", "BlobStore"]
 
 INCOMPLETE_SUFFIX = ".incomplete"
+# How much a write may run ahead of the disk before writeback is started (see write_stream).
+_WRITEBACK_BYTES = 64 * 1024 * 1024
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +51,40 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _hash_and_write(
+    loop: asyncio.AbstractEventLoop,
+    hasher: hashlib._Hash,
+    write: Callable[[BinaryIO, bytes], object],
+    handle: BinaryIO,
+    data: bytes,
+) -> asyncio.Future[None]:
+    """Hash `data` and `write` it in two threads at once (hashlib and file writes release the
+    GIL); the future settles when both have finished, with the first error.
+
+    Bare executor futures rather than to_thread tasks: no task cancellation (at loop shutdown,
+    say) can mark them done while a thread still writes.
+    """
+    jobs = (
+        loop.run_in_executor(None, hasher.update, data),
+        loop.run_in_executor(None, write, handle, data),
+    )
+    both: asyncio.Future[None] = loop.create_future()
+
+    def settle(_: asyncio.Future[Any]) -> None:
+        if both.done() or not all(job.done() for job in jobs):
+            return
+        errors = [asyncio.CancelledError() if job.cancelled() else job.exception() for job in jobs]
+        error = next((error for error in errors if error is not None), None)
+        if error is not None:
+            both.set_exception(error)
+        else:
+            both.set_result(None)
+
+    for job in jobs:
+        job.add_done_callback(settle)
+    return both
 
 
 async def _settled(write: asyncio.Future[None] | None) -> None:
@@ -269,24 +305,33 @@ class BlobStore:
             handle = await asyncio.to_thread(self._open_partial, partial, hasher, resume)
             keep_partial = resume
             loop = asyncio.get_running_loop()
-            # Pipeline of depth one: chunk N is hashed and written in a thread while chunk N+1
-            # is read from the source. Only one write is ever in flight, so order is kept and
-            # memory is bounded to about two chunks.
+            # Pipeline of depth one: chunk N is hashed and written (in two threads at once) while
+            # chunk N+1 is read from the source. Only one chunk is ever in flight, so order is
+            # kept and memory is bounded to about two chunks.
             in_flight: asyncio.Future[None] | None = None
+            # Every _WRITEBACK_BYTES, the disk starts writing what is there while the download
+            # goes on, so the fsync before the commit finds little left to write.
+            writeback: asyncio.Future[None] | None = None
             try:
                 written = handle.tell()
+                synced = written
                 async for data in chunks:
                     if in_flight is not None:
-                        # Shielded: the thread cannot be cancelled, so neither may its future.
+                        # Shielded: the threads cannot be cancelled, so neither may their future.
                         await asyncio.shield(in_flight)
-                    # A bare executor future rather than a to_thread task: no task cancellation
-                    # (at loop shutdown, say) can mark it done while its thread still writes.
-                    in_flight = loop.run_in_executor(
-                        None, self._hash_and_write, hasher, handle, data
-                    )
+                    in_flight = _hash_and_write(loop, hasher, self._write_chunk, handle, data)
                     written += len(data)
+                    if written - synced >= _WRITEBACK_BYTES and (
+                        writeback is None or writeback.done()
+                    ):
+                        if writeback is not None:
+                            await writeback
+                        writeback = loop.run_in_executor(None, os.fdatasync, handle.fileno())
+                        synced = written
                 if in_flight is not None:
                     await asyncio.shield(in_flight)
+                if writeback is not None:
+                    await asyncio.shield(writeback)
                 await asyncio.to_thread(self._flush, handle)
                 actual = "sha256:" + hasher.hexdigest()
                 if actual != digest or (expected_size is not None and written != expected_size):
@@ -300,6 +345,7 @@ class BlobStore:
                     # The handle must outlive a write still running in its thread, even when
                     # this task was cancelled or the source failed.
                     await _settled(in_flight)
+                    await _settled(writeback)
                 finally:
                     try:
                         handle.close()
@@ -313,9 +359,7 @@ class BlobStore:
         return len(data)
 
     @staticmethod
-    def _hash_and_write(hasher: hashlib._Hash, handle: BinaryIO, data: bytes) -> None:
-        # Hashing here, off the event loop: hashlib releases the GIL for large buffers.
-        hasher.update(data)
+    def _write_chunk(handle: BinaryIO, data: bytes) -> None:
         handle.write(data)
 
     def _open_partial(self, partial: Path, hasher: hashlib._Hash, resume: bool) -> BinaryIO:

@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from services.gateway.anthropic.models import parse_messages
+from services.gateway.anthropic.translate import chat_request
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from tests.unit.gateway.conftest import Neighbours
@@ -167,3 +169,13 @@ def test_tag_and_delete_document_their_query_parameters() -> None:
 def test_metrics_document_the_prometheus_text_format() -> None:
     content = _document()["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(content) == ["text/plain"]
+
+
+def test_anthropic_messages_that_are_all_empty_translate() -> None:
+    # Was a 500: an IndexError looking at the last of no translated messages.
+    request = parse_messages(
+        {"model": "ai/smollm2", "max_tokens": 4, "messages": [{"role": "user", "content": []}]}
+    )
+    translation = chat_request(request)
+    assert translation.body["messages"] == []
+    assert translation.prefill == ""

@@ -130,6 +130,8 @@ async def test_delete_multi_tag_model_needs_force(
         {"Deleted": MODEL_ID},
     ]
     assert [request.force for request in neighbours.registry.delete_requests] == [False, True]
+    # The deleted model's runners are unloaded (only after the delete that removed it).
+    assert [list(r.models) for r in neighbours.scheduler.unload_requests] == [[MODEL_ID]]
 
 
 async def test_bare_force_flag_counts_as_true(

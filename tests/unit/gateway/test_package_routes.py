@@ -176,6 +176,8 @@ async def test_purge_empties_the_store(client: httpx.AsyncClient, neighbours: Ne
     assert response.status_code == 200, response.text
     assert response.json() == {"deleted_models": 1, "deleted_blobs": 3}
     assert neighbours.registry.purges == 1
+    # Every runner goes with the store.
+    assert [r.all for r in neighbours.scheduler.unload_requests] == [True]
     # Not taken for `DELETE /models/{name}` of a model named "purge".
     assert neighbours.registry.delete_requests == []
     assert (await client.get("/models")).json() == []

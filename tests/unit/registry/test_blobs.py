@@ -257,21 +257,21 @@ THREAD_WAIT = 5.0
 
 
 class GatedWriter:
-    """Stands in for `_hash_and_write`: each call blocks in its thread until released."""
+    """Stands in for `_write_chunk`: each call blocks in its thread until released."""
 
     def __init__(self, store: BlobStore) -> None:
-        self._write = store._hash_and_write
+        self._write = store._write_chunk
         self.started = threading.Event()
         self.release = threading.Event()
         self.errors: list[BaseException] = []
         self.calls = 0
 
-    def __call__(self, hasher: hashlib._Hash, handle: BinaryIO, data: bytes) -> None:
+    def __call__(self, handle: BinaryIO, data: bytes) -> None:
         self.calls += 1
         self.started.set()
         self.release.wait(THREAD_WAIT)
         try:
-            self._write(hasher, handle, data)
+            self._write(handle, data)
         except BaseException as exc:
             self.errors.append(exc)
             raise
@@ -301,7 +301,7 @@ async def test_cancel_waits_for_the_write_in_flight_before_closing_the_file(
     data = os.urandom(300)
     digest = digest_of(data)
     writer = GatedWriter(blobs)
-    monkeypatch.setattr(blobs, "_hash_and_write", writer)
+    monkeypatch.setattr(blobs, "_write_chunk", writer)
     never = asyncio.Event()
 
     async def source() -> AsyncIterator[bytes]:
@@ -339,21 +339,21 @@ async def test_next_chunk_is_read_while_the_previous_one_is_written(
     parts = [data[0:100], data[100:200], data[200:300]]
     asked = [threading.Event() for _ in parts]
     overlapped: list[bool] = []
-    write = blobs._hash_and_write
+    write = blobs._write_chunk
 
-    def writer(hasher: hashlib._Hash, handle: BinaryIO, chunk: bytes) -> None:
+    def writer(handle: BinaryIO, chunk: bytes) -> None:
         index = parts.index(chunk)
         if index + 1 < len(parts):
             # Holds this write until the source has been asked for the next chunk.
             overlapped.append(asked[index + 1].wait(THREAD_WAIT))
-        write(hasher, handle, chunk)
+        write(handle, chunk)
 
     async def source() -> AsyncIterator[bytes]:
         for index, part in enumerate(parts):
             asked[index].set()
             yield part
 
-    monkeypatch.setattr(blobs, "_hash_and_write", writer)
+    monkeypatch.setattr(blobs, "_write_chunk", writer)
     assert await blobs.write_stream(digest_of(data), source(), expected_size=300) == 300
     assert overlapped == [True, True]
     assert blobs.path(digest_of(data)).read_bytes() == data
@@ -370,15 +370,15 @@ async def test_write_error_propagates_and_leaves_no_blob(
 ) -> None:
     data = os.urandom(300)
     digest = digest_of(data)
-    write = blobs._hash_and_write
+    write = blobs._write_chunk
     calls: list[int] = []
     later_chunks_read: list[int] = []
 
-    def writer(hasher: hashlib._Hash, handle: BinaryIO, chunk: bytes) -> None:
+    def writer(handle: BinaryIO, chunk: bytes) -> None:
         calls.append(len(calls))
         if len(calls) - 1 == failing_chunk:
             raise OSError(errno.ENOSPC, "No space left on device")
-        write(hasher, handle, chunk)
+        write(handle, chunk)
 
     async def source() -> AsyncIterator[bytes]:
         for index in range(3):
@@ -386,7 +386,7 @@ async def test_write_error_propagates_and_leaves_no_blob(
                 later_chunks_read.append(index)
             yield data[index * 100 : (index + 1) * 100]
 
-    monkeypatch.setattr(blobs, "_hash_and_write", writer)
+    monkeypatch.setattr(blobs, "_write_chunk", writer)
     with pytest.raises(OSError, match="No space left"):
         await blobs.write_stream(digest, source(), expected_size=300, resume=resume)
     assert calls == list(range(failing_chunk + 1))  # nothing written after the failure
@@ -395,3 +395,30 @@ async def test_write_error_propagates_and_leaves_no_blob(
     assert digest not in list(blobs.digests())
     if not resume:
         assert stored_files(tmp_path / "root") == []
+
+
+async def test_writeback_starts_while_a_long_write_goes_on(
+    blobs: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past each writeback step the file is synced in the background (so the fsync before the
+    commit has little left), never more than one sync at a time, and the blob still verifies."""
+    from services.registry.store import blobs as blobs_module
+
+    monkeypatch.setattr(blobs_module, "_WRITEBACK_BYTES", 250)
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_size)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(blobs_module.os, "fdatasync", fdatasync)
+    data = os.urandom(1000)
+
+    async def source() -> AsyncIterator[bytes]:
+        for start in range(0, 1000, 100):
+            yield data[start : start + 100]
+
+    assert await blobs.write_stream(digest_of(data), source(), expected_size=1000) == 1000
+    assert 1 <= len(synced) <= 4
+    assert blobs.path(digest_of(data)).read_bytes() == data
