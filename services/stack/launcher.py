@@ -15,7 +15,7 @@ from types import TracebackType
 import grpc
 import httpx
 
-from modelrunner.v1 import registry_pb2, registry_pb2_grpc
+from modelrunner.v1 import registry_pb2, registry_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from services.common.grpc_client import open_channel
 from services.common.health_client import NotServing, wait_until_serving
 from services.common.reference import parse_reference
@@ -26,6 +26,8 @@ __all__ = ["LocalStack", "StackError"]
 
 _log = logging.getLogger(__name__)
 _PACKAGE_TIMEOUT = 600.0
+# Readiness polling (the worker's registration, the gateway's HTTP answer).
+_POLL_INTERVAL = 0.05
 
 
 class StackError(RuntimeError):
@@ -129,6 +131,9 @@ class LocalStack:
             )
             for service, address in backends:
                 _log.info("%s ready on %s (pid %s)", service.name, address, service.pid)
+            # Serving is not enough: until the worker has registered, the scheduler answers
+            # every request "no worker available".
+            await self._wait_worker_registered()
             if self._bundled_gguf is not None:
                 await self.ensure_model(self._bundled_gguf, self.settings.bundled_model)
             await self.gateway.start()
@@ -137,6 +142,34 @@ class LocalStack:
         except (NotServing, StackError) as exc:
             await self.stop()
             raise StackError(str(exc)) from exc
+
+    async def _wait_worker_registered(self) -> None:
+        deadline = time.monotonic() + self.settings.ready_timeout
+        async with open_channel(
+            self.settings.scheduler_address, security=self.settings.security
+        ) as channel:
+            scheduler = scheduler_pb2_grpc.SchedulerStub(channel)
+            while True:
+                reason = self.worker.exit_reason()
+                if reason is not None:
+                    raise NotServing(f"worker: {reason}")
+                try:
+                    reply = await scheduler.ListWorkers(
+                        scheduler_pb2.ListWorkersRequest(), timeout=1.0
+                    )
+                    if any(
+                        status.alive and status.worker.address == self.settings.worker_address
+                        for status in reply.workers
+                    ):
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise NotServing(
+                        f"the worker did not register with the scheduler within "
+                        f"{self.settings.ready_timeout:.0f}s"
+                    )
+                await asyncio.sleep(_POLL_INTERVAL)
 
     async def _wait_gateway(self) -> None:
         deadline = time.monotonic() + self.settings.ready_timeout
@@ -152,7 +185,7 @@ class LocalStack:
                     pass
                 if time.monotonic() > deadline:
                     raise NotServing(f"gateway not answering on {self.gateway_url}")
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(_POLL_INTERVAL)
 
     async def ensure_model(self, gguf: Path, reference: str) -> bool:
         """Package `gguf` (an absolute path) into the store as `reference` unless it is there; True if packaged."""

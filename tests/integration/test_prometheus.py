@@ -277,8 +277,13 @@ async def test_prometheus_sees_what_the_client_saw(observed: Observed, prometheu
         assert await value('modelrunner_gateway_fleet_workers{state="alive"}') == 1
 
         # The dashboard's gateway panels (deploy/grafana) find their series.
+        # Rates need two samples of a series inside their window: poll, the scrape is 1 s.
         for where, expr in _gateway_panel_queries():
-            assert await _query(client, prometheus, expr), where
+
+            async def has_data(expr: str = expr) -> bool:
+                return bool(await _query(client, prometheus, expr))
+
+            await wait_until(has_data, what=f"data for the panel {where!r}: {expr}", timeout=30)
 
 
 async def test_promtool_accepts_every_endpoint(observed: Observed) -> None:
