@@ -19,6 +19,7 @@ The index is a bounded LRU, never a map that grows with traffic (vllm router #68
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -129,6 +130,8 @@ class RoundRobin:
 
 # (model id, session key) or (model id, prefix hash).
 _IndexKey = tuple[str, str | int]
+# A prefix two different prefixes were seen to follow (see AffinityRouting._followers).
+_SHARED = None
 
 
 class AffinityRouting:
@@ -148,6 +151,11 @@ class AffinityRouting:
         self._max_entries = max_entries
         self._max_imbalance = max_imbalance
         self._index: OrderedDict[_IndexKey, tuple[str, int]] = OrderedDict()
+        # prefix -> the one prefix seen to follow it, or _SHARED once two different ones did. A
+        # shared prefix (a system prompt every conversation opens with) says nothing about where
+        # a conversation's cache is: matching it would pile every new conversation onto the
+        # worker that served it first.
+        self._followers: OrderedDict[_IndexKey, int | None] = OrderedDict()
         self._forgotten: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._stamp = 0
 
@@ -173,6 +181,9 @@ class AffinityRouting:
             if worker_id in by_worker:
                 return by_worker[worker_id]
         for prefix in reversed(request.prefix_hashes):
+            if self._followers.get((model_id, prefix), 0) is _SHARED:
+                # Shorter prefixes of a shared one are shared too.
+                return None
             worker_id = self._worker_for((model_id, prefix), model_id)
             if worker_id in by_worker:
                 return by_worker[worker_id]
@@ -212,7 +223,18 @@ class AffinityRouting:
             index.move_to_end(key)
         while len(index) > self._max_entries:
             index.popitem(last=False)
+        self._record_followers(model_id, request.prefix_hashes)
         self._prune_forgotten()
+
+    def _record_followers(self, model_id: str, prefixes: Sequence[int]) -> None:
+        followers = self._followers
+        for prefix, follower in itertools.pairwise(prefixes):
+            key = (model_id, prefix)
+            seen = followers.get(key, follower)
+            followers[key] = follower if seen == follower else _SHARED
+            followers.move_to_end(key)
+        while len(followers) > self._max_entries:
+            followers.popitem(last=False)
 
     def forget(self, worker_id: str, model_id: str) -> None:
         self._stamp += 1

@@ -294,3 +294,25 @@ def test_affinity_load_guard_is_relative_to_slots(
     replicas = [runner("a", in_flight=target_load, parallel=slots), runner("b", parallel=slots)]
     chosen = policy.choose(replicas, request)
     assert chosen is not None and chosen.worker_id == expected
+
+
+def test_a_prefix_every_conversation_shares_does_not_pin_new_ones() -> None:
+    """Conversations that open with the same system prompt (hash 1) must not all follow the
+    worker that served it first: once two conversations went different ways after it, it is
+    shared and matches nothing; each conversation's own prefixes still do."""
+    policy = AffinityRouting(max_entries=100, max_imbalance=5)
+    policy.record(runner("a"), RouteRequest("m", prefix_hashes=(1, 10)))
+    policy.record(runner("a"), RouteRequest("m", prefix_hashes=(1, 20)))
+    replicas = [runner("a", in_flight=1), runner("b")]
+    # A third conversation: only the shared prompt is known, so the least loaded worker.
+    assert _choose(policy, replicas, (1, 30)) == "b"
+    # The first conversation's next turn still goes where its own prefix is cached.
+    assert _choose(policy, replicas, (1, 10, 11)) == "a"
+
+
+def test_a_prefix_followed_the_same_way_stays_a_match() -> None:
+    """A retried or regenerated turn follows its prefix the same way: not shared."""
+    policy = AffinityRouting(max_entries=100, max_imbalance=5)
+    policy.record(runner("a"), RouteRequest("m", prefix_hashes=(1, 10)))
+    policy.record(runner("a"), RouteRequest("m", prefix_hashes=(1, 10)))
+    assert _choose(policy, [runner("a", in_flight=1), runner("b")], (1, 40)) == "a"
