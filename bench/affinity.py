@@ -8,7 +8,8 @@ round-robin. The model is configured with min_replicas=2 on both, so each cluste
 both of its workers for the whole run. With 2 slots, affinity's load guard allows an imbalance
 of 1 (SCHEDULER_AFFINITY_MAX_IMBALANCE is capped at slots - 2 but kept >= 1): a conversation
 stays on its worker while that has a free slot; `--max-imbalance 0` makes it yield to an idle
-worker instead.
+worker instead. When its worker is full, a turn waits up to SCHEDULER_AFFINITY_WAIT for a slot
+there rather than prefill its history on the other worker; `--affinity-wait 0` turns that off.
 
 llama-server keeps prompts in RAM across its slots (`--cache-ram`, SCHEDULER_PROMPT_CACHE_MIB), so
 round-robin also finds most of a conversation's history cached on turns >= 3 (the other worker
@@ -18,7 +19,10 @@ comparison without that cache.
 The workload: conversations of several turns, each opening with a long distinct system prompt
 (~800 tokens) so that prefill dominates time to first token, and each turn resending the whole
 history plus the model's own previous answers, as chat clients do. A conversation pauses 0-1 s
-(seeded, the same in every mode) between turns; at most `--concurrency` requests are in flight.
+(seeded, the same in every mode) between turns; at most `--concurrency` requests are in flight:
+2 by default (half the slots: whether two requests in flight share a one-thread worker is then
+chance) and 4 (every slot of both workers busy: where a full worker forces a choice between a
+wait and a cold prefill). Each concurrency gets a table of its own.
 Streamed, temperature 0, seed 42. Three modes run in each round, in an order that rotates from
 round to round so machine noise hits all of them:
 
@@ -37,10 +41,10 @@ worker with another one in flight (a one-thread llama-server then splits its cor
 how the conversations' first turns spread over the two workers; and the TTFT ratio to
 round-robin.
 
-    .venv/bin/python bench/affinity.py                      # ~4.5 minutes
+    .venv/bin/python bench/affinity.py                      # ~12 minutes (concurrency 2 and 4)
     .venv/bin/python bench/affinity.py --max-imbalance 0    # affinity that always yields to load
     .venv/bin/python bench/affinity.py --cache-ram 0        # without llama.cpp's RAM prompt cache
-    .venv/bin/python bench/affinity.py --quick              # ~1 minute
+    .venv/bin/python bench/affinity.py --quick              # ~2 minutes
 """
 
 from __future__ import annotations
@@ -254,7 +258,7 @@ async def run_mode(
     result = ModeResult()
     gate = asyncio.Semaphore(concurrency)
     url = gateway + "/engines/v1/chat/completions"
-    tag = f"{round_number}{mode.cluster[0]}{int(mode.session)}"
+    tag = f"{concurrency}-{round_number}{mode.cluster[0]}{int(mode.session)}"
 
     async def conversation(index: int) -> None:
         conversation_id = f"{tag}-{index:02d}"
@@ -284,7 +288,12 @@ async def run_mode(
 
 
 async def start_cluster(
-    group: ProcessGroup, name: str, routing: str, registry_address: str, imbalance: int
+    group: ProcessGroup,
+    name: str,
+    routing: str,
+    registry_address: str,
+    imbalance: int,
+    affinity_wait: float,
 ) -> tuple[str, str]:
     """Scheduler, two workers and a gateway; returns (gateway URL, scheduler address)."""
     _, scheduler = await group.start_scheduler(
@@ -293,6 +302,7 @@ async def start_cluster(
         {
             "SCHEDULER_ROUTING": routing,
             "SCHEDULER_AFFINITY_MAX_IMBALANCE": str(imbalance),
+            "SCHEDULER_AFFINITY_WAIT": f"{affinity_wait}s",
             "SCHEDULER_DEFAULT_PARALLEL": str(SLOTS),
             "SCHEDULER_DEFAULT_CONTEXT_SIZE": str(CONTEXT),
             "SCHEDULER_HEARTBEAT_INTERVAL": "0.5s",
@@ -352,7 +362,7 @@ def _order(round_number: int) -> list[Mode]:
     return modes if round_number % 2 == 0 else modes[::-1]
 
 
-def report(results: dict[str, ModeResult], args: argparse.Namespace) -> str:
+def report(results: dict[str, ModeResult], args: argparse.Namespace, concurrency: int) -> str:
     baseline = results[MODES[0].name]
     rows = []
     for mode in MODES:
@@ -388,8 +398,9 @@ def report(results: dict[str, ModeResult], args: argparse.Namespace) -> str:
     )
     return (
         f"\n{args.conversations} conversations x {args.turns} turns per mode and round, "
-        f"{args.rounds} round(s), concurrency {args.concurrency}, pauses of 0-{2 * args.think:g} s "
+        f"{args.rounds} round(s), concurrency {concurrency}, pauses of 0-{2 * args.think:g} s "
         f"between turns, SCHEDULER_AFFINITY_MAX_IMBALANCE={args.max_imbalance}, "
+        f"SCHEDULER_AFFINITY_WAIT={args.affinity_wait:g}s, "
         f"llama-server --cache-ram {_cache_ram_text(args.cache_ram)}, "
         "~800-token system prompts, "
         f"{MAX_TOKENS} output tokens, 2 workers x 1 llama-server (2 slots x {CONTEXT} tokens, "
@@ -434,8 +445,9 @@ def summary(results: dict[str, ModeResult]) -> str:
     )
 
 
-async def run(args: argparse.Namespace, root: Path) -> dict[str, ModeResult]:
-    results = {mode.name: ModeResult() for mode in MODES}
+async def run(args: argparse.Namespace, root: Path) -> dict[int, dict[str, ModeResult]]:
+    """Results per concurrency, then per mode."""
+    results = {c: {mode.name: ModeResult() for mode in MODES} for c in args.concurrency}
     async with ProcessGroup(root) as group:
         _, registry = await group.start_registry(root / "models")
         await package(registry, args.gguf, MODEL, context_size=CONTEXT)
@@ -443,7 +455,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, ModeResult]:
         for name, routing in (("affinity", "affinity"), ("rr", "round-robin")):
             progress(f"starting cluster {name} ({routing})")
             gateway, scheduler = await start_cluster(
-                group, name, routing, registry, args.max_imbalance
+                group, name, routing, registry, args.max_imbalance, args.affinity_wait
             )
             await place_on_both(scheduler, args.cache_ram)
             gateways[name] = gateway
@@ -452,20 +464,23 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, ModeResult]:
             for name, gateway in gateways.items():
                 # Warm-up: first requests pay for connections and llama.cpp's first graph.
                 await run_mode(client, gateway, Mode("warm-up", name, False), -1, 2, 1, 2, 0.0)
-            for round_number in range(args.rounds):
-                for mode in _order(round_number):
-                    progress(f"round {round_number + 1}: {mode.name}")
-                    result = await run_mode(
-                        client,
-                        gateways[mode.cluster],
-                        mode,
-                        round_number,
-                        args.conversations,
-                        args.turns,
-                        args.concurrency,
-                        args.think,
-                    )
-                    results[mode.name].turns.extend(result.turns)
+            for concurrency in args.concurrency:
+                for round_number in range(args.rounds):
+                    for mode in _order(round_number):
+                        progress(
+                            f"concurrency {concurrency}, round {round_number + 1}: {mode.name}"
+                        )
+                        result = await run_mode(
+                            client,
+                            gateways[mode.cluster],
+                            mode,
+                            round_number,
+                            args.conversations,
+                            args.turns,
+                            concurrency,
+                            args.think,
+                        )
+                        results[concurrency][mode.name].turns.extend(result.turns)
     return results
 
 
@@ -477,7 +492,13 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[2, 4],
+        help="requests in flight at most; one table per value (4 = every slot of both workers)",
+    )
     parser.add_argument(
         "--think", type=float, default=0.5, help="mean pause between a conversation's turns (s)"
     )
@@ -486,6 +507,13 @@ def main() -> None:
         type=int,
         default=SchedulerSettings().affinity_max_imbalance,
         help="SCHEDULER_AFFINITY_MAX_IMBALANCE of both clusters (default: the scheduler's)",
+    )
+    parser.add_argument(
+        "--affinity-wait",
+        type=float,
+        default=SchedulerSettings().affinity_wait,
+        metavar="SECONDS",
+        help="SCHEDULER_AFFINITY_WAIT of both clusters (default: the scheduler's)",
     )
     parser.add_argument(
         "--cache-ram",
@@ -502,10 +530,11 @@ def main() -> None:
         args.conversations, args.turns, args.rounds = 4, 4, 1
     with tempfile.TemporaryDirectory(prefix="affinity-bench-", dir=args.work_dir) as tmp:
         results = asyncio.run(run(args, Path(tmp)))
-    print(report(results, args))
-    print()
-    print(summary(results))
-    if any(not result.turns for result in results.values()):
+    for concurrency, by_mode in results.items():
+        print(report(by_mode, args, concurrency))
+        print()
+        print(summary(by_mode))
+    if any(not result.turns for by_mode in results.values() for result in by_mode.values()):
         raise SystemExit("a mode produced no results")
 
 

@@ -77,6 +77,10 @@ class SchedulerSettings:
     # busy one; capped at the replica's slots - 2 (but >= 1 unless 0) so that it bites with few
     # slots (routing.py).
     affinity_max_imbalance: int = 2
+    # Longest a request waits for a slot on the replica that holds its conversation when that
+    # replica is full and another has a free slot (a cold prefill elsewhere costs more than a
+    # short wait); 0: never wait, take the free replica.
+    affinity_wait: float = 0.5
     # Scale up when waiting requests per replica stay above this for scale_up_after.
     scale_up_queue: float = 2.0
     scale_up_after: float = 2.0
@@ -132,6 +136,7 @@ class SchedulerSettings:
             affinity_max_imbalance=env_int(
                 env, "SCHEDULER_AFFINITY_MAX_IMBALANCE", cls.affinity_max_imbalance
             ),
+            affinity_wait=env_duration(env, "SCHEDULER_AFFINITY_WAIT", cls.affinity_wait),
             scale_up_queue=env_float(env, "SCHEDULER_SCALE_UP_QUEUE", cls.scale_up_queue),
             scale_up_after=env_duration(env, "SCHEDULER_SCALE_UP_AFTER", cls.scale_up_after),
             scale_down_after=env_duration(env, "SCHEDULER_SCALE_DOWN_AFTER", cls.scale_down_after),
@@ -182,6 +187,10 @@ class SchedulerSettings:
             raise SettingError(
                 "SCHEDULER_AFFINITY_MAX_IMBALANCE must not be negative: "
                 f"{self.affinity_max_imbalance}"
+            )
+        if self.affinity_wait < 0:
+            raise SettingError(
+                f"SCHEDULER_AFFINITY_WAIT must not be negative: {self.affinity_wait}"
             )
         if self.routing not in POLICY_NAMES:
             raise SettingError(

@@ -250,8 +250,9 @@ class ControlPlane:
         request = RouteRequest(
             model_id=model_id, affinity_key=affinity_key, prefix_hashes=prefix_hashes
         )
+        patience = self._settings.affinity_wait
         if self.queue.waiting(model_id) == 0:
-            assignment = self.dispatcher.route(resolved, request, tags)
+            assignment = self.dispatcher.route(resolved, request, tags, patient=patience > 0)
             if assignment is not None:
                 return assignment
         with contextlib.suppress(WorkersBusy):
@@ -259,6 +260,11 @@ class ControlPlane:
             self.replicas.ensure_replica(resolved, tags)
         waiter = self.queue.enqueue(model_id, request, priority, tags)
         enqueued_at = self._clock.monotonic()
+        if patience > 0:
+            waiter.patient_until = enqueued_at + patience
+            # When its patience ends, a free slot elsewhere is its to take even if no release
+            # comes to dispatch the queue.
+            loop.call_later(patience, self.dispatcher.dispatch, model_id)
         self.dispatcher.dispatch(model_id)
         wait = self._settings.queue_timeout
         if self.loader.busy(model_id):

@@ -4,12 +4,17 @@ Every step here is synchronous, so a lease is taken in the same step of the even
 the free slot (no lock needed), and a released slot goes to the next waiter in the same step as
 the release. Capacity is counted in llama-server slots: a replica takes at most its `parallel`
 leases (ReplicaManager.slots); the rest wait in the model's queue in priority order.
+
+A waiter may be *patient* for a while (Waiter.patient_until, SCHEDULER_AFFINITY_WAIT): while its
+conversation's replica is full, it leaves a free slot elsewhere to the waiters behind it rather
+than prefill its whole history on a replica that holds none of it (RoutingPolicy.waits_for_busy).
+Once its patience runs out it takes any free slot, in its turn.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from services.common.clock import Clock
 from services.scheduler.assignment import Assignment
@@ -20,8 +25,13 @@ from services.scheduler.queue import RequestQueue, Waiter
 from services.scheduler.replicas import ReplicaManager
 from services.scheduler.resolver import ResolvedModel
 from services.scheduler.routing import RouteRequest, RoutingPolicy
+from services.scheduler.snapshot import RunnerView
 
 __all__ = ["Dispatcher"]
+
+# Patient waiters a dispatch looks past to serve those behind them: bounds the work of one
+# release when many wait for their replica.
+_MAX_PATIENT_SKIPS = 32
 
 
 class Dispatcher:
@@ -43,16 +53,45 @@ class Dispatcher:
         self._clock = clock
 
     def route(
-        self, model: ResolvedModel, request: RouteRequest, tags: Mapping[str, str]
+        self,
+        model: ResolvedModel,
+        request: RouteRequest,
+        tags: Mapping[str, str],
+        *,
+        patient: bool = False,
     ) -> Assignment | None:
-        """A lease on the replica the policy picks among those with a free slot; None if none."""
+        """A lease on the replica the policy picks among those with a free slot; None if none,
+        or, when `patient`, if the policy would rather wait for a full replica."""
+        free, busy = self._free_and_busy(model.model_id, tags)
+        if patient and self._waits(free, busy, request):
+            return None
+        return self._lease(model, request, free)
+
+    def _free_and_busy(
+        self, model_id: str, tags: Mapping[str, str]
+    ) -> tuple[list[RunnerView], list[RunnerView]]:
+        """The model's routable replicas: those with a free slot, and the full ones."""
         replicas = self._replicas
-        # An idle replica always has a free slot: only busy ones need their slot count.
-        free = [
-            r
-            for r in replicas.replicas(model.model_id, tags)
-            if r.routable and (r.in_flight == 0 or r.in_flight < replicas.slots(r))
-        ]
+        free: list[RunnerView] = []
+        busy: list[RunnerView] = []
+        for runner in replicas.replicas(model_id, tags):
+            if not runner.routable:
+                continue
+            # An idle replica always has a free slot: only busy ones need their slot count.
+            if runner.in_flight == 0 or runner.in_flight < replicas.slots(runner):
+                free.append(runner)
+            else:
+                busy.append(runner)
+        return free, busy
+
+    def _waits(
+        self, free: Sequence[RunnerView], busy: Sequence[RunnerView], request: RouteRequest
+    ) -> bool:
+        return bool(free and busy) and self._policy.waits_for_busy(free, busy, request)
+
+    def _lease(
+        self, model: ResolvedModel, request: RouteRequest, free: Sequence[RunnerView]
+    ) -> Assignment | None:
         chosen = self._policy.choose(free, request)
         if chosen is None:
             return None
@@ -73,14 +112,45 @@ class Dispatcher:
         model = self._replicas.models.get(model_id)
         if model is None:
             return
-        while (waiter := self._queue.peek(model_id)) is not None:
-            if waiter.future.done():
-                self._queue.discard(waiter)
-                continue
-            assignment = self.route(model, waiter.request, waiter.required_tags)
-            if assignment is None:
+        queue = self._queue
+        while (waiter := queue.peek(model_id)) is not None:
+            served = self._serve(model, waiter)
+            if served is None:
+                # The first waiter waits for its replica: the free slots go to those behind it.
+                self._serve_behind_patient(model)
                 return
-            self._queue.serve(waiter, assignment)
+            if not served:
+                return
+
+    def _serve_behind_patient(self, model: ResolvedModel) -> None:
+        skipped = 0
+        for waiter in self._queue.pending(model.model_id):
+            served = self._serve(model, waiter)
+            if served is None:
+                skipped += 1
+                if skipped > _MAX_PATIENT_SKIPS:
+                    return
+            elif not served:
+                return
+
+    def _serve(self, model: ResolvedModel, waiter: Waiter[Assignment]) -> bool | None:
+        """Route one waiter: True if served (or gone), False if no free slot suits it, None if
+        it patiently waits for its conversation's full replica while another has a free slot."""
+        if waiter.future.done():
+            self._queue.discard(waiter)
+            return True
+        free, busy = self._free_and_busy(model.model_id, waiter.required_tags)
+        if not free:
+            return False
+        if waiter.patient_until > self._clock.monotonic() and self._waits(
+            free, busy, waiter.request
+        ):
+            return None
+        assignment = self._lease(model, waiter.request, free)
+        if assignment is None:
+            return False
+        self._queue.serve(waiter, assignment)
+        return True
 
     def dispatch_all(self) -> None:
         for model_id in self._queue.models():

@@ -33,6 +33,9 @@ class Waiter(Generic[T]):
     required_tags: Mapping[str, str] = field(default_factory=dict)
     # Orders waiters of one priority by arrival.
     sequence: int = 0
+    # Clock time until which the waiter would rather wait for the replica that holds its
+    # conversation than take a free slot elsewhere (dispatch.py); 0: never.
+    patient_until: float = 0.0
     # Removed (served, failed or gave up): skipped when it reaches the top of the heap.
     done: bool = field(default=False)
 
@@ -116,12 +119,14 @@ class RequestQueue(Generic[T]):
 
     def fail_all(self, model_id: str, error: SchedulerError) -> int:
         """Fail every waiter of the model (its load failed and nothing else can serve it)."""
-        failed = list(self._pending(model_id))
+        failed = list(self.pending(model_id))
         for waiter in failed:
             self.fail(waiter, error)
         return len(failed)
 
-    def _pending(self, model_id: str) -> Iterator[Waiter[T]]:
+    def pending(self, model_id: str) -> Iterator[Waiter[T]]:
+        """The model's waiters in the order they are served (a snapshot: serving or discarding
+        them while iterating is safe)."""
         for _, waiter in sorted(self._heaps.get(model_id, ())):
             if not waiter.done:
                 yield waiter

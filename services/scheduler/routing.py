@@ -15,6 +15,10 @@ whenever the target is busy sent half the turns of the affinity benchmark to the
 their history (docs/benchmarks.md). Prefix-only routing collapses under skew (llm-d measured ~55% success
 and >140 s TTFT for prefix-only against 100% with a load term; research/peers.md section 3).
 The index is a bounded LRU, never a map that grows with traffic (vllm router #687).
+
+Only replicas with a free slot are offered to `choose`; `waits_for_busy` says when a request
+would rather wait for a full one (its conversation's replica) than prefill its whole history on a
+free one. The dispatcher bounds that wait (SCHEDULER_AFFINITY_WAIT).
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ class RoutingPolicy(Protocol):
         """The replica to serve `request`, or None when `replicas` holds none of its model."""
         ...
 
+    def waits_for_busy(
+        self, free: Sequence[RunnerView], busy: Sequence[RunnerView], request: RouteRequest
+    ) -> bool:
+        """True when `request` would rather wait for a slot on one of `busy` (replicas with no
+        free slot) than be served by one of `free` now."""
+        ...
+
     def record(self, chosen: RunnerView, request: RouteRequest) -> None:
         """A lease was taken on `chosen` for `request`."""
         ...
@@ -89,6 +100,11 @@ class LeastLoaded:
     def choose(self, replicas: Sequence[RunnerView], request: RouteRequest) -> RunnerView | None:
         return _least_loaded(_candidates(replicas, request.model_id))
 
+    def waits_for_busy(
+        self, free: Sequence[RunnerView], busy: Sequence[RunnerView], request: RouteRequest
+    ) -> bool:
+        return False
+
     def record(self, chosen: RunnerView, request: RouteRequest) -> None:
         return None
 
@@ -117,6 +133,11 @@ class RoundRobin:
                 if runner.worker_id > last:
                     return runner
         return candidates[0]
+
+    def waits_for_busy(
+        self, free: Sequence[RunnerView], busy: Sequence[RunnerView], request: RouteRequest
+    ) -> bool:
+        return False
 
     def record(self, chosen: RunnerView, request: RouteRequest) -> None:
         self._last[request.model_id] = chosen.worker_id
@@ -199,6 +220,18 @@ class AffinityRouting:
             if target.in_flight - least <= self.allowed_imbalance(target):
                 return target
         return _least_loaded(candidates)
+
+    def waits_for_busy(
+        self, free: Sequence[RunnerView], busy: Sequence[RunnerView], request: RouteRequest
+    ) -> bool:
+        """True when the replica that holds this conversation is among the full ones: its
+        prefix is cached there, and a free replica would prefill it all again (seconds for a long
+        conversation, where a slot on the full one frees as soon as one of its requests ends).
+        The caller bounds the wait (SCHEDULER_AFFINITY_WAIT)."""
+        target = self.target(
+            [*_candidates(free, request.model_id), *_candidates(busy, request.model_id)], request
+        )
+        return target is not None and any(r.worker_id == target.worker_id for r in busy)
 
     def allowed_imbalance(self, target: RunnerView) -> int:
         """How many more requests than the least busy replica the target may have and still be

@@ -5,6 +5,8 @@ and affinity."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -187,23 +189,48 @@ async def test_sustained_queue_adds_a_replica_on_another_worker() -> None:
             await release(s, (await task).lease_id)
 
 
-async def test_a_conversation_returns_to_the_replica_holding_its_prefix() -> None:
-    env = {**QUIET, "SCHEDULER_MAX_REPLICAS": "2"}
-    async with cluster(env=env) as c:
+@contextlib.asynccontextmanager
+async def two_replicas(env: dict[str, str]) -> AsyncIterator[Scheduler]:
+    """A scheduler whose two workers both already serve the model."""
+    async with cluster(env={**QUIET, **env}) as c:
         for worker in c.workers.values():
             worker.preload(SMOLLM2)
         async with c.scheduler() as s:
             for worker in c.workers.values():
                 await worker.register(s.stub)
-            turn1 = await assign(s, prefix_hashes=(11, 12))
-            other = await assign(s, prefix_hashes=(91,))
-            assert other.worker_id != turn1.worker_id, "a new conversation spreads the load"
-            await release(s, other.lease_id)
-            await release(s, turn1.lease_id)
-            for _ in range(3):
-                turn = await assign(s, prefix_hashes=(11, 12, 13, 14))
-                assert turn.worker_id == turn1.worker_id
-                await release(s, turn.lease_id)
+            yield s
+
+
+async def hold_one_spread_another(s: Scheduler) -> tuple[scheduler_pb2.AssignResponse, str]:
+    """Conversation (11, 12) takes a lease on one worker; another conversation goes to the
+    other worker and ends. Returns the held lease and the other worker's id."""
+    held = await assign(s, prefix_hashes=(11, 12))
+    other = await assign(s, prefix_hashes=(91,))
+    assert other.worker_id != held.worker_id, "a new conversation spreads the load"
+    await release(s, other.lease_id)
+    return held, other.worker_id
+
+
+@contextlib.asynccontextmanager
+async def two_one_slot_replicas(
+    affinity_wait: str,
+) -> AsyncIterator[tuple[Scheduler, scheduler_pb2.AssignResponse, str]]:
+    """Both replicas have one slot and conversation (11, 12) holds one of them: yields the
+    scheduler, that lease and the free worker's id."""
+    env = {"SCHEDULER_DEFAULT_PARALLEL": "1", "SCHEDULER_AFFINITY_WAIT": affinity_wait}
+    async with two_replicas(env) as s:
+        held, free_worker = await hold_one_spread_another(s)
+        yield s, held, free_worker
+
+
+async def test_a_conversation_returns_to_the_replica_holding_its_prefix() -> None:
+    async with two_replicas({"SCHEDULER_MAX_REPLICAS": "2"}) as s:
+        turn1, _ = await hold_one_spread_another(s)
+        await release(s, turn1.lease_id)
+        for _ in range(3):
+            turn = await assign(s, prefix_hashes=(11, 12, 13, 14))
+            assert turn.worker_id == turn1.worker_id
+            await release(s, turn.lease_id)
 
 
 async def test_list_workers_reports_memory_reserved_and_cache() -> None:
@@ -289,3 +316,40 @@ async def test_assigns_beyond_the_admission_bound_are_refused_at_once() -> None:
         assert s.app.control.queue.waiting(MODEL_ID) == 1, "the refused one never queued"
         await release(s, holder.lease_id)
         await release(s, (await queued).lease_id)
+
+
+async def test_a_turn_waits_for_its_full_replica_while_others_take_the_free_one() -> None:
+    async with two_one_slot_replicas("30s") as (s, held, free_worker):
+        turn2 = asyncio.create_task(assign(s, prefix_hashes=(11, 12, 13, 14)))
+        await poll(lambda: s.app.control.queue.waiting(MODEL_ID) == 1, what="turn 2 waits")
+        # A new conversation behind it is not held up: it takes the free replica.
+        newcomer = await asyncio.wait_for(assign(s, prefix_hashes=(55,)), 5)
+        assert newcomer.worker_id == free_worker
+        assert not turn2.done()
+        await release(s, held.lease_id)
+        served = await asyncio.wait_for(turn2, 5)
+        assert served.worker_id == held.worker_id
+        await release(s, served.lease_id)
+        await release(s, newcomer.lease_id)
+
+
+async def test_a_turn_stops_waiting_for_its_replica_after_the_affinity_wait() -> None:
+    async with two_one_slot_replicas("0.2s") as (s, held, free_worker):
+        turn2 = asyncio.create_task(assign(s, prefix_hashes=(11, 12, 13, 14)))
+        await poll(lambda: s.app.control.queue.waiting(MODEL_ID) == 1, what="turn 2 waits")
+        clock = s.app.clock
+        assert isinstance(clock, FakeClock)
+        clock.advance(1.0)
+        # No release comes: the wait's own timer dispatches it to the free replica.
+        served = await asyncio.wait_for(turn2, 5)
+        assert served.worker_id == free_worker
+        await release(s, served.lease_id)
+        await release(s, held.lease_id)
+
+
+async def test_affinity_wait_zero_takes_the_free_replica_at_once() -> None:
+    async with two_one_slot_replicas("0") as (s, held, free_worker):
+        turn2 = await asyncio.wait_for(assign(s, prefix_hashes=(11, 12, 13, 14)), 5)
+        assert turn2.worker_id == free_worker
+        await release(s, turn2.lease_id)
+        await release(s, held.lease_id)

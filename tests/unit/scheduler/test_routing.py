@@ -316,3 +316,36 @@ def test_a_prefix_followed_the_same_way_stays_a_match() -> None:
     policy.record(runner("a"), RouteRequest("m", prefix_hashes=(1, 10)))
     policy.record(runner("a"), RouteRequest("m", prefix_hashes=(1, 10)))
     assert _choose(policy, [runner("a", in_flight=1), runner("b")], (1, 40)) == "a"
+
+
+def test_affinity_waits_for_the_full_replica_that_holds_the_conversation() -> None:
+    policy = AffinityRouting(max_entries=100, max_imbalance=2)
+    turn1 = RouteRequest(model_id="m", prefix_hashes=(1, 2))
+    policy.record(runner("a"), turn1)
+    turn2 = RouteRequest(model_id="m", prefix_hashes=(1, 2, 3, 4))
+    full_a, free_b = runner("a", in_flight=2), runner("b")
+    assert policy.waits_for_busy([free_b], [full_a], turn2)
+    # Its replica has a free slot, or it has none anywhere: nothing to wait for.
+    assert not policy.waits_for_busy([runner("a", in_flight=1), free_b], [], turn2)
+    assert not policy.waits_for_busy(
+        [free_b], [full_a], RouteRequest(model_id="m", prefix_hashes=(7,))
+    )
+    # A free replica that served a longer prefix of it beats the full one that served less.
+    policy.record(runner("b"), RouteRequest(model_id="m", prefix_hashes=(1, 2, 3)))
+    assert not policy.waits_for_busy([free_b], [full_a], turn2)
+
+
+def test_session_affinity_waits_for_its_full_replica() -> None:
+    policy = AffinityRouting(max_entries=100, max_imbalance=2)
+    policy.record(runner("a"), RouteRequest(model_id="m", affinity_key="session:1"))
+    request = RouteRequest(model_id="m", affinity_key="session:1")
+    assert policy.waits_for_busy([runner("b")], [runner("a", in_flight=4)], request)
+    policy.forget("a", "m")
+    assert not policy.waits_for_busy([runner("b")], [runner("a", in_flight=4)], request)
+
+
+@pytest.mark.parametrize("policy", [LeastLoaded(), RoundRobin()], ids=["least-loaded", "rr"])
+def test_cache_blind_policies_never_wait(policy: RoutingPolicy) -> None:
+    request = RouteRequest(model_id="m", affinity_key="session:1", prefix_hashes=(1,))
+    policy.record(runner("a"), request)
+    assert not policy.waits_for_busy([runner("b")], [runner("a", in_flight=4)], request)
