@@ -6,7 +6,8 @@ services.registry`). Packages the SmolLM2 GGUF and a generated ~1 GiB GGUF with 
 pushes both with Registry.Push, then, for each model and round, pulls it with Registry.Pull into a
 fresh, empty store (a new service process each time) and fetches the same layer blob with curl
 from the registry's `/v2/<repo>/blobs/<digest>`, alternating them so machine noise hits all alike:
-to /dev/null (the network alone), to a file (what the pull writes), and `curl | tee FILE |
+to /dev/null (the network alone), to a file (what the pull writes), to a file then fsync (as
+durable as the pull, which fsyncs each blob before it becomes visible), and `curl | tee FILE |
 sha256sum` (a plain GET that also writes and hashes: the fair baseline for a verified download;
 its hash is checked against the digest). The local bound is hash + write + fsync of the same blob
 read from the upstream's page-cached storage, with no network at all: the per-byte work the pull
@@ -220,6 +221,8 @@ class Row:
     baseline_pull_mbps: list[float] = field(default_factory=list)
     curl_mbps: list[float] = field(default_factory=list)
     curl_disk_mbps: list[float] = field(default_factory=list)
+    # The same GET to a file, then fsync: a download that lands durably, as the pull's does.
+    curl_durable_mbps: list[float] = field(default_factory=list)
     curl_verified_mbps: list[float] = field(default_factory=list)
     bound_mbps: list[float] = field(default_factory=list)
     pull_rss_mb: list[float] = field(default_factory=list)
@@ -279,6 +282,19 @@ async def _curl(row: Row, upstream: DockerRegistry, output: Path) -> float:
     if process.returncode != 0:
         raise RuntimeError(f"curl {url} failed with {process.returncode}")
     return float(stdout) / _MB
+
+
+async def _curl_durable(row: Row, upstream: DockerRegistry, output: Path) -> float:
+    """MB/s of a plain GET into `output` followed by its fsync, timed end to end."""
+    start = time.perf_counter()
+    await _curl(row, upstream, output)
+    await asyncio.to_thread(_fsync_file, output)
+    return row.layer_bytes / (time.perf_counter() - start) / _MB
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
 
 
 async def _curl_verified(row: Row, upstream: DockerRegistry, output: Path) -> float:
@@ -362,6 +378,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
                 on_disk = tmp / "curl-blob"
                 row.curl_disk_mbps.append(await _curl(row, upstream, on_disk))
                 await asyncio.to_thread(on_disk.unlink)
+                row.curl_durable_mbps.append(await _curl_durable(row, upstream, on_disk))
+                await asyncio.to_thread(on_disk.unlink)
                 row.curl_verified_mbps.append(await _curl_verified(row, upstream, on_disk))
                 await asyncio.to_thread(on_disk.unlink)
                 source = upstream.blob_data(row.blob_digest)
@@ -375,7 +393,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
                 print(
                     f"{row.tag} round {round_number + 1}: pull {row.pull_mbps[-1]:.1f} MB/s"
                     f"{baseline}, curl {row.curl_mbps[-1]:.1f} (to file "
-                    f"{row.curl_disk_mbps[-1]:.1f}, | tee | sha256sum "
+                    f"{row.curl_disk_mbps[-1]:.1f}, + fsync {row.curl_durable_mbps[-1]:.1f}, "
+                    f"| tee | sha256sum "
                     f"{row.curl_verified_mbps[-1]:.1f}), hash+write+fsync "
                     f"{row.bound_mbps[-1]:.1f}, pull RSS +{row.pull_rss_mb[-1]:.1f} MB",
                     file=sys.stderr,
@@ -393,16 +412,23 @@ def print_table(rows: list[Row], rounds: int) -> None:
         "| object | pull MB/s | "
         + ("baseline tree pull MB/s | " if baseline else "")
         + "curl → /dev/null MB/s | ratio | curl → file MB/s | ratio | "
+        "curl → file + fsync MB/s | ratio | "
         "curl \\| tee \\| sha256sum MB/s | ratio | hash+write+fsync MB/s | ratio | "
         "pull RSS growth (MB) | push MB/s | push RSS growth (MB) |"
     )
-    print("|---|---:|" + ("---:|" if baseline else "") + "---:|" * 11)
+    print("|---|---:|" + ("---:|" if baseline else "") + "---:|" * 13)
     for row in rows:
         pull = statistics.median(row.pull_mbps)
         cells = [row.name, f"{pull:.1f}"]
         if baseline:
             cells.append(f"{statistics.median(row.baseline_pull_mbps):.1f}")
-        for samples in (row.curl_mbps, row.curl_disk_mbps, row.curl_verified_mbps, row.bound_mbps):
+        for samples in (
+            row.curl_mbps,
+            row.curl_disk_mbps,
+            row.curl_durable_mbps,
+            row.curl_verified_mbps,
+            row.bound_mbps,
+        ):
             reference = statistics.median(samples)
             cells += [f"{reference:.1f}", f"{pull / reference:.2f}"]
         cells += [

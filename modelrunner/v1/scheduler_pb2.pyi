@@ -142,9 +142,14 @@ class HeartbeatRequest(_message.Message):
     RUNNERS_FIELD_NUMBER: _builtins.int
     MEMORY_FREE_BYTES_FIELD_NUMBER: _builtins.int
     CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     memory_free_bytes: _builtins.int
     cache_bytes: _builtins.int
+    draining: _builtins.bool
+    """The worker is shutting down: its runners finish what they serve, and no new model may be
+    placed on it.
+    """
     @_builtins.property
     def runners(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.RunnerInfo]: ...
     def __init__(
@@ -154,10 +159,11 @@ class HeartbeatRequest(_message.Message):
         runners: _abc.Iterable[_common_pb2.RunnerInfo] | None = ...,
         memory_free_bytes: _builtins.int = ...,
         cache_bytes: _builtins.int = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_bytes", b"cache_bytes", "memory_free_bytes", b"memory_free_bytes", "runners", b"runners", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_bytes", b"cache_bytes", "draining", b"draining", "memory_free_bytes", b"memory_free_bytes", "runners", b"runners", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -592,12 +598,15 @@ class WorkerStatus(_message.Message):
     LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
     MEMORY_RESERVED_BYTES_FIELD_NUMBER: _builtins.int
     RUNNERS_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     alive: _builtins.bool
     last_seen_ms: _builtins.int
     """Unix milliseconds of the last heartbeat."""
     memory_reserved_bytes: _builtins.int
     """Memory the scheduler counts as taken on this worker: its runners' estimates, loads included."""
     runners: _builtins.int
+    draining: _builtins.bool
+    """Its last heartbeat said it is shutting down (HeartbeatRequest.draining)."""
     @_builtins.property
     def worker(self) -> Global___WorkerInfo: ...
     def __init__(
@@ -608,10 +617,11 @@ class WorkerStatus(_message.Message):
         last_seen_ms: _builtins.int = ...,
         memory_reserved_bytes: _builtins.int = ...,
         runners: _builtins.int = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["worker", b"worker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "last_seen_ms", b"last_seen_ms", "memory_reserved_bytes", b"memory_reserved_bytes", "runners", b"runners", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "draining", b"draining", "last_seen_ms", b"last_seen_ms", "memory_reserved_bytes", b"memory_reserved_bytes", "runners", b"runners", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

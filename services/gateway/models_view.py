@@ -179,6 +179,7 @@ def worker_status(status: scheduler_pb2.WorkerStatus) -> dict[str, Any]:
         "worker_id": worker.worker_id,
         "address": worker.address,
         "alive": status.alive,
+        "draining": status.draining,
         "tags": dict(sorted(worker.tags.items())),
         "memory_total_bytes": worker.memory_total_bytes,
         "memory_free_bytes": worker.memory_free_bytes,

@@ -174,9 +174,15 @@ class ControlPlane:
         memory_free_bytes: int,
         *,
         cache_bytes: int = 0,
+        draining: bool = False,
     ) -> bool:
         known = self.membership.heartbeat(
-            worker_id, runners, memory_free_bytes, self._clock.monotonic(), cache_bytes=cache_bytes
+            worker_id,
+            runners,
+            memory_free_bytes,
+            self._clock.monotonic(),
+            cache_bytes=cache_bytes,
+            draining=draining,
         )
         if not known:
             _log.info("heartbeat from unknown worker %s: asking it to register", worker_id)

@@ -115,14 +115,20 @@ class Membership:
         now: float,
         *,
         cache_bytes: int = 0,
+        draining: bool = False,
     ) -> bool:
         """Refresh a worker and reconcile its runners; False if the worker must register again."""
         worker = self._workers.get(worker_id)
         if worker is None:
             return False
         worker.last_seen = now
+        if draining and not worker.spec.draining:
+            _log.info("worker %s is shutting down: no new loads go there", worker_id)
         worker.spec = replace(
-            worker.spec, memory_free_bytes=memory_free_bytes, cache_bytes=cache_bytes
+            worker.spec,
+            memory_free_bytes=memory_free_bytes,
+            cache_bytes=cache_bytes,
+            draining=draining,
         )
         self._reconcile(worker, runners, now)
         return True

@@ -198,6 +198,11 @@ def _no_worker(
             f"no alive worker has tags {_tags_text(required_tags)}", insufficient_memory=False
         )
     where = f" with tags {_tags_text(required_tags)}" if required_tags else ""
+    if all(worker.spec.draining for worker in matching):
+        return PlacementRefusal(
+            f"every alive worker{where} is shutting down; none can load {reference}",
+            insufficient_memory=False,
+        )
     excluded = sum(1 for worker in matching if worker.worker_id in exclude_workers)
     return PlacementRefusal(
         f"{reference} already runs on every alive worker{where} ({excluded})",
@@ -223,7 +228,9 @@ def plan_placement(
     candidates = [
         worker
         for worker in snapshot.alive_workers()
-        if worker.worker_id not in exclude_workers and matches_tags(worker, required_tags)
+        if worker.worker_id not in exclude_workers
+        and not worker.spec.draining
+        and matches_tags(worker, required_tags)
     ]
     if not candidates:
         return _no_worker(snapshot, reference, required_tags, exclude_workers)

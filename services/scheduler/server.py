@@ -101,6 +101,7 @@ def _worker_status_to_proto(status: WorkerStatus) -> scheduler_pb2.WorkerStatus:
         last_seen_ms=_millis(status.last_seen),
         memory_reserved_bytes=status.memory_reserved_bytes,
         runners=len(status.worker.runners),
+        draining=status.worker.spec.draining,
     )
 
 
@@ -142,6 +143,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             [runner_from_proto(r) for r in request.runners],
             request.memory_free_bytes,
             cache_bytes=request.cache_bytes,
+            draining=request.draining,
         )
         return scheduler_pb2.HeartbeatResponse(known=known)
 

@@ -50,6 +50,8 @@ class WorkerSpec:
     cache_bytes: int = 0
     # Runners the worker runs at once (its WORKER_MAX_RUNNERS); 0: it did not say, no limit.
     max_runners: int = 0
+    # Shutting down (HeartbeatRequest.draining): it serves what it runs, takes no new load.
+    draining: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", _frozen_tags(self.tags))

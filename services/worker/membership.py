@@ -56,6 +56,8 @@ class Membership:
         *,
         runners: Callable[[], Sequence[RunnerSnapshot]],
         memory_total: Callable[[], int],
+        # True once the worker shuts down (heartbeats say so: no new loads are placed here).
+        draining: Callable[[], bool] = lambda: False,
         memory_free: Callable[[], int],
         cache_bytes: Callable[[], int],
         timings: MembershipTimings,
@@ -63,6 +65,7 @@ class Membership:
     ) -> None:
         self._scheduler = scheduler
         self._runners = runners
+        self._draining = draining
         self._memory_total = memory_total
         self._memory_free = memory_free
         self._cache_bytes = cache_bytes
@@ -166,6 +169,7 @@ class Membership:
                 runners=[runner_info(runner) for runner in runners],
                 memory_free_bytes=self._memory_free(),
                 cache_bytes=self._cache_bytes(),
+                draining=self._draining(),
             ),
             timeout=self._timings.rpc_timeout,
         )

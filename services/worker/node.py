@@ -114,6 +114,7 @@ class WorkerNode:
         self.membership = Membership(
             scheduler,
             runners=self.pool.snapshot,
+            draining=lambda: self.pool.closed,
             memory_total=memory.total,
             memory_free=memory.free,
             cache_bytes=cache_bytes,

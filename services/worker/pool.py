@@ -65,6 +65,11 @@ class RunnerPool:
 
     # -- reporting ---------------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """Draining or closed: the worker is shutting down and refuses new loads."""
+        return self._closed
+
     def snapshot(self) -> list[RunnerSnapshot]:
         runners = [*self._runners.values(), *self._retiring]
         return sorted(
@@ -265,6 +270,9 @@ class RunnerPool:
         Returns when none is in flight or after `timeout`; `close()` then stops the processes.
         """
         self._closed = True
+        # A heartbeat now, even with no runner to change state: the scheduler stops placing
+        # loads here.
+        self._on_change()
         runners = list(self._runners.values())
         if runners:
             _log.info("draining %d runners for up to %.1fs", len(runners), timeout)

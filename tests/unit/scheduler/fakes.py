@@ -198,12 +198,15 @@ class FakeWorker(worker_pb2_grpc.WorkerServicer):
         )
         return reply.heartbeat_interval_ms
 
-    async def heartbeat(self, stub: scheduler_pb2_grpc.SchedulerAsyncStub) -> bool:
+    async def heartbeat(
+        self, stub: scheduler_pb2_grpc.SchedulerAsyncStub, *, draining: bool = False
+    ) -> bool:
         reply = await stub.Heartbeat(
             scheduler_pb2.HeartbeatRequest(
                 worker_id=self.worker_id,
                 runners=list(self.runners.values()),
                 memory_free_bytes=self.memory_free,
+                draining=draining,
             ),
             timeout=5,
         )

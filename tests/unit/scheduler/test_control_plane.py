@@ -353,3 +353,16 @@ async def test_affinity_wait_zero_takes_the_free_replica_at_once() -> None:
         assert turn2.worker_id == free_worker
         await release(s, turn2.lease_id)
         await release(s, held.lease_id)
+
+
+async def test_a_worker_that_says_it_is_draining_gets_no_new_load() -> None:
+    async with cluster(env=QUIET) as c, c.scheduler() as s:
+        for worker in c.workers.values():
+            await worker.register(s.stub)
+        assert await c.workers["w1"].heartbeat(s.stub, draining=True)
+        workers = (await s.stub.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=5)).workers
+        assert {w.worker.worker_id: w.draining for w in workers} == {"w1": True, "w2": False}
+        lease = await assign(s)
+        assert lease.worker_id == "w2"
+        assert c.workers["w1"].load_calls == []
+        await release(s, lease.lease_id)

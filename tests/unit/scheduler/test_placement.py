@@ -376,3 +376,12 @@ def test_a_worker_at_its_runner_limit_with_busy_runners_means_wait() -> None:
     cluster = snapshot(worker("a", total=64 * GiB, max_runners=1, runners=(busy,)))
     refusal = plan(cluster, GiB, evictable=lambda r: not r.busy)
     assert isinstance(refusal, PlacementRefusal) and refusal.busy
+
+
+def test_a_draining_worker_takes_no_new_load() -> None:
+    cluster = snapshot(worker("a", total=9 * GiB, draining=True), worker("b", total=2 * GiB))
+    assert chosen(plan(cluster)) == "b"
+    refusal = plan(snapshot(worker("a", total=9 * GiB, draining=True)))
+    assert isinstance(refusal, PlacementRefusal)
+    assert not refusal.insufficient_memory
+    assert refusal.reason == "every alive worker is shutting down; none can load ai/m:latest"

@@ -60,6 +60,7 @@ def worker(
     tags: Mapping[str, str] | None = None,
     runners: tuple[RunnerView, ...] = (),
     max_runners: int = 0,
+    draining: bool = False,
 ) -> WorkerView:
     return WorkerView(
         spec=WorkerSpec(
@@ -69,6 +70,7 @@ def worker(
             memory_free_bytes=free,
             memory_total_bytes=total,
             max_runners=max_runners,
+            draining=draining,
         ),
         last_seen=NOW,
         alive=alive,

@@ -54,12 +54,14 @@ async def membership_running(
     runners: Callable[[], list[RunnerSnapshot]],
     interval: float = 60.0,
     cache_bytes: Callable[[], int] = lambda: 4_000,
+    draining: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[tuple[Membership, CountingStub]]:
     async with open_control_channel(address, max_reconnect_backoff=0.2) as channel:
         stub = CountingStub(scheduler_pb2_grpc.SchedulerStub(channel))
         membership = Membership(
             stub,  # type: ignore[arg-type]
             runners=runners,
+            draining=draining,
             memory_total=lambda: 8_000,
             memory_free=lambda: 6_000,
             cache_bytes=cache_bytes,
@@ -139,6 +141,24 @@ async def test_a_state_change_is_reported_at_once() -> None:
             )
         runner = fake.heartbeats[0].runners[0]
         assert (runner.state, runner.error) == (common_pb2.RUNNER_STATE_FAILED, "boom")
+    finally:
+        await server.stop(None)
+
+
+async def test_heartbeats_say_when_the_worker_is_draining() -> None:
+    fake = FakeScheduler(heartbeat_interval_ms=60_000)
+    server, address = await serve_scheduler(fake)
+    draining = [False]
+    try:
+        async with membership_running(address, list, draining=lambda: draining[0]) as (
+            membership,
+            _,
+        ):
+            await eventually(lambda: membership.registered, what="registration")
+            draining[0] = True
+            membership.notify()
+            await eventually(lambda: len(fake.heartbeats) == 1, what="a heartbeat", timeout=3)
+        assert fake.heartbeats[0].draining
     finally:
         await server.stop(None)
 

@@ -91,6 +91,11 @@ async def test_drain_gives_up_after_its_timeout(
 async def test_drain_with_nothing_loaded_returns_at_once(
     changes_and_pool: tuple[list[int], RunnerPool],
 ) -> None:
-    _, pool = changes_and_pool
+    changes, pool = changes_and_pool
+    assert not pool.closed
     await asyncio.wait_for(pool.drain(30.0), 1.0)
     assert pool.snapshot() == []
+    # No runner changed state, yet the heartbeat must go out: it tells the scheduler that this
+    # worker is shutting down.
+    assert pool.closed
+    assert changes
