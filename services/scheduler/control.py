@@ -264,14 +264,8 @@ class ControlPlane:
         with contextlib.suppress(WorkersBusy):
             # The request waits for a busy worker to make room; the autoscaler places it then.
             self.replicas.ensure_replica(resolved, tags)
-        waiter = self.queue.enqueue(model_id, request, priority, tags)
+        waiter = self.dispatcher.enqueue(model_id, request, priority, tags, patience=patience)
         enqueued_at = self._clock.monotonic()
-        if patience > 0:
-            waiter.patient_until = enqueued_at + patience
-            # When its patience ends, a free slot elsewhere is its to take even if no release
-            # comes to dispatch the queue.
-            loop.call_later(patience, self.dispatcher.dispatch, model_id)
-        self.dispatcher.dispatch(model_id)
         wait = self._settings.queue_timeout
         if self.loader.busy(model_id):
             wait += self._settings.load_timeout

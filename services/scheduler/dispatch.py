@@ -107,6 +107,26 @@ class Dispatcher:
             reference=model.reference,
         )
 
+    def enqueue(
+        self,
+        model_id: str,
+        request: RouteRequest,
+        priority: int,
+        tags: Mapping[str, str],
+        *,
+        patience: float,
+    ) -> Waiter[Assignment]:
+        """Queue a request that found no slot it wanted (QueueFull when the queue is full) and
+        serve the queue. For `patience` seconds it may wait for its conversation's replica."""
+        waiter = self._queue.enqueue(model_id, request, priority, tags)
+        if patience > 0:
+            waiter.patient_until = self._clock.monotonic() + patience
+            # When its patience ends, a free slot elsewhere is its to take even if no release
+            # comes to dispatch the queue.
+            asyncio.get_running_loop().call_later(patience, self.dispatch, model_id)
+        self.dispatch(model_id)
+        return waiter
+
     def dispatch(self, model_id: str) -> None:
         """Serve the model's waiters, in priority order, while a replica has a free slot."""
         model = self._replicas.models.get(model_id)
