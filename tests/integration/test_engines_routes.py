@@ -65,6 +65,7 @@ async def test_status_and_workers_show_the_live_worker(http: httpx.AsyncClient) 
     assert workers.status_code == 200
     [worker] = workers.json()
     assert worker["alive"] is True
+    assert worker["draining"] is False
     assert worker["tags"]["zone"] == ZONE
     assert worker["memory_total_bytes"] > 0
     assert abs(worker["last_seen"] - time.time()) < 60

@@ -1,8 +1,8 @@
 """SIGTERM mid-stream, on the real chain: the stream finishes, and nothing is left behind.
 
-Worker: its runners turn DRAINING (the scheduler stops routing there), the stream in flight runs
-to its end, then every llama-server is stopped. Gateway: the listening socket closes at once
-while the open stream finishes within GATEWAY_SHUTDOWN_GRACE.
+Worker: it and its runners turn DRAINING (the scheduler stops routing and loading there), the
+stream in flight runs to its end, then every llama-server is stopped. Gateway: the listening
+socket closes at once while the open stream finishes within GATEWAY_SHUTDOWN_GRACE.
 """
 
 from __future__ import annotations
@@ -103,12 +103,16 @@ async def test_sigterm_worker_mid_stream(stack_factory: StackFactory) -> None:
         async def draining() -> bool:
             nonlocal seen_draining
             rows = (await http.get("/engines/ps")).json()
-            seen_draining = any(row["state"] == "draining" for row in rows)
+            workers = (await http.get("/engines/workers")).json()
+            seen_draining = any(row["state"] == "draining" for row in rows) and all(
+                worker["draining"] for worker in workers
+            )
             return seen_draining or streaming.done()
 
-        await wait_until(draining, what="the runner to be reported draining", timeout=WAIT)
-        # The scheduler heard of it while the stream still ran: nothing new is sent there.
-        assert seen_draining, "the stream ended before the scheduler saw the runner draining"
+        await wait_until(draining, what="the worker to be reported draining", timeout=WAIT)
+        # The scheduler heard of it while the stream still ran: nothing new is routed there, and
+        # nothing new is loaded there.
+        assert seen_draining, "the stream ended before the scheduler saw the worker draining"
         _assert_complete(await asyncio.wait_for(streaming, WAIT))
 
         assert await asyncio.wait_for(stack.worker.wait(), WAIT) == 0
