@@ -267,6 +267,10 @@ class GatewayClient:
     def disk_usage(self) -> Json:
         return self._json("GET", "/engines/df")
 
+    def workers(self) -> list[Json]:
+        rows = self._json("GET", "/engines/workers")
+        return list(rows) if isinstance(rows, list) else []
+
     def unload(self, models: Sequence[str], *, unload_all: bool) -> Json:
         body = {"all": unload_all, "models": list(models)}
         return self._json("POST", "/engines/unload", json=body)

@@ -159,6 +159,34 @@ def running_table(rows: Iterable[Mapping[str, Json]], now: float) -> Table:
     return table
 
 
+def workers_table(rows: Iterable[Mapping[str, Json]], now: float) -> Table:
+    """`workers`: the fleet as the scheduler sees it."""
+    table = _table(
+        "WORKER", "ADDRESS", "STATE", "TAGS", "MEMORY FREE / TOTAL", "RESERVED", "RUNNERS", "SEEN"
+    )
+    for row in rows:
+        tags = row.get("tags")
+        seen = row.get("last_seen")
+        table.add_row(
+            str(row.get("worker_id") or ""),
+            str(row.get("address") or ""),
+            _worker_state(row),
+            ",".join(f"{k}={v}" for k, v in tags.items()) if isinstance(tags, dict) else "",
+            f"{_cell('bytes', row.get('memory_free_bytes', 0))} / "
+            f"{_cell('bytes', row.get('memory_total_bytes', 0))}",
+            _cell("bytes", row.get("memory_reserved_bytes", 0)),
+            str(row.get("runners", "")),
+            f"{human_duration(now - seen)} ago" if isinstance(seen, (int, float)) else "never",
+        )
+    return table
+
+
+def _worker_state(row: Mapping[str, Json]) -> str:
+    if not row.get("alive"):
+        return "dead"
+    return "draining" if row.get("draining") else "alive"
+
+
 def _cell(key: str, value: Json) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if any(word in key for word in ("bytes", "usage", "size")):

@@ -1,11 +1,14 @@
-"""The engines: status, ps, df, unload, configure."""
+"""The engines: status, ps, df, workers, unload, configure."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
+from model_cli.client import GatewayClient
 from model_cli.commands.common import checked_reference, print_line
 from model_cli.render import (
     configurations_table,
@@ -13,6 +16,7 @@ from model_cli.render import (
     generic_table,
     print_json,
     running_table,
+    workers_table,
 )
 from model_cli.state import state_of
 from services.common.env import parse_duration
@@ -40,15 +44,25 @@ def status(ctx: typer.Context, as_json: _JsonOpt = False) -> None:
             print_line(state.out, f"{backend}: {text}")
 
 
-def ps(ctx: typer.Context, as_json: _JsonOpt = False) -> None:
-    """List loaded models: where they run, how busy, and until when."""
+def _list(
+    ctx: typer.Context,
+    as_json: bool,
+    fetch: Callable[[GatewayClient], list[Json]],
+    table: Callable[[list[Json], float], Table],
+) -> None:
+    """Rows from the gateway, as its JSON or as a table."""
     state = state_of(ctx)
     with state.client() as client:
-        rows = client.running()
+        rows = fetch(client)
     if as_json:
         print_json(rows, state.stdout)
     else:
-        state.out.print(running_table(rows, state.clock.wall()))
+        state.out.print(table(rows, state.clock.wall()))
+
+
+def ps(ctx: typer.Context, as_json: _JsonOpt = False) -> None:
+    """List loaded models: where they run, how busy, and until when."""
+    _list(ctx, as_json, GatewayClient.running, running_table)
 
 
 def df(ctx: typer.Context, as_json: _JsonOpt = False) -> None:
@@ -65,6 +79,11 @@ def df(ctx: typer.Context, as_json: _JsonOpt = False) -> None:
     if workers:
         state.out.print()
         state.out.print(generic_table(workers))
+
+
+def workers(ctx: typer.Context, as_json: _JsonOpt = False) -> None:
+    """List the workers: alive, draining or dead, their tags, memory and runners."""
+    _list(ctx, as_json, GatewayClient.workers, workers_table)
 
 
 def unload(
@@ -194,6 +213,7 @@ def register(app: typer.Typer) -> None:
     app.command()(status)
     app.command()(ps)
     app.command()(df)
+    app.command()(workers)
     app.command()(unload)
     app.command("stop", hidden=True)(unload)
     app.command()(configure)

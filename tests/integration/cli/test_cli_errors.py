@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
         ["run", "ai/smollm2", "Hello"],
         ["ps"],
         ["df"],
+        ["workers"],
         ["status"],
         ["unload", "--all"],
         ["configure", "ai/smollm2", "--context-size", "2048"],

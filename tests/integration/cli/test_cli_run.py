@@ -119,6 +119,15 @@ def test_disk_usage(cli: Cli) -> None:
     assert re.search(r"^Models\s+\d+(\.\d+)?MB\s*$", table, re.MULTILINE), table
 
 
+def test_workers(cli: Cli) -> None:
+    (worker,) = cli.json("workers", "--json")
+    assert (worker["alive"], worker["draining"]) == (True, False)
+    assert worker["memory_total_bytes"] > 0
+    table = cli.ok("workers").splitlines()
+    assert table[0].split()[:3] == ["WORKER", "ADDRESS", "STATE"]
+    assert table[1].split()[:3] == [worker["worker_id"], worker["address"], "alive"]
+
+
 def test_configure_round_trip(cli: Cli) -> None:
     cli.ok(
         "configure",

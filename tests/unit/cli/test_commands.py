@@ -235,6 +235,44 @@ def test_ps_df_status_version(gateway: FakeGateway, invoke: Invoke) -> None:
     assert "Version: unknown" in invoke("version").stdout
 
 
+def test_workers(gateway: FakeGateway, invoke: Invoke) -> None:
+    row = {
+        "worker_id": "w1",
+        "address": "10.0.0.5:50053",
+        "alive": True,
+        "draining": True,
+        "tags": {"accelerator": "cpu", "zone": "a"},
+        "memory_total_bytes": 16_000_000_000,
+        "memory_free_bytes": 10_000_000_000,
+        "memory_reserved_bytes": 2_000_000_000,
+        "cache_bytes": 0,
+        "runners": 1,
+        # The manual clock's wall time is 1.8e9: seen 3 seconds ago.
+        "last_seen": 1_799_999_997,
+    }
+    dead = {"worker_id": "w2", "address": "", "alive": False, "draining": False, "tags": {}}
+    gateway.json("GET", "/engines/workers", [row, dead])
+    lines = invoke("workers").stdout.splitlines()
+    assert lines[0].split()[:3] == ["WORKER", "ADDRESS", "STATE"]
+    assert lines[1].split() == [
+        "w1",
+        "10.0.0.5:50053",
+        "draining",
+        "accelerator=cpu,zone=a",
+        "10GB",
+        "/",
+        "16GB",
+        "2GB",
+        "1",
+        "3",
+        "seconds",
+        "ago",
+    ]
+    assert lines[2].split()[:2] == ["w2", "dead"]
+    assert lines[2].split()[-1] == "never"
+    assert invoke("workers", "--json").json() == [row, dead]
+
+
 def test_unload(gateway: FakeGateway, invoke: Invoke) -> None:
     gateway.json("POST", "/engines/unload", {"unloaded_runners": 1})
     assert invoke("unload", "ai/smollm2").stdout == "Unloaded 1 model(s).\n"
