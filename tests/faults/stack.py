@@ -2,13 +2,11 @@
 SmolLM2, small context, two slots each, one replica of the model on each) and a gateway, each a
 separate `python -m services.<name>` process on free loopback ports, stopped by PID at the end.
 
-Every service keeps its address across a restart, so a killed one can be started again in place
-and the others find it where they left it.
+The processes come from tests/support/cluster.py; this adds what the fault scenarios need.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -23,14 +21,13 @@ from modelrunner.v1 import registry_pb2, registry_pb2_grpc
 from services.common.grpc_client import open_channel
 from services.common.health_client import wait_until_serving
 from services.stack.processes import ServiceProcess
-from tests.support.processes import child_pids, free_port, is_alive, wait_until
+from tests.support.cluster import READY_TIMEOUT, STOP_TIMEOUT, ProcessCluster, build_cluster
+from tests.support.processes import child_pids, is_alive, wait_until
 
 __all__ = ["MODEL", "WORKERS", "FaultStack", "StackPlan", "one_token_chat", "running_stack"]
 
 MODEL = "ai/smollm2"
 WORKERS = ("w1", "w2")
-_READY_TIMEOUT = 90.0
-_STOP_TIMEOUT = 15.0
 _RPC_TIMEOUT = 120.0
 _HTTP_TIMEOUT = 10.0
 
@@ -46,18 +43,8 @@ class StackPlan:
 
 
 @dataclass
-class FaultStack:
+class FaultStack(ProcessCluster):
     plan: StackPlan
-    registry: ServiceProcess
-    scheduler: ServiceProcess
-    workers: dict[str, ServiceProcess]
-    gateway: ServiceProcess
-    registry_address: str
-    scheduler_address: str
-    gateway_url: str
-
-    def services(self) -> list[ServiceProcess]:
-        return [self.registry, self.scheduler, *self.workers.values(), self.gateway]
 
     @staticmethod
     def kill(service: ServiceProcess, signum: signal.Signals = signal.SIGKILL) -> None:
@@ -78,32 +65,19 @@ class FaultStack:
 
     async def restart(self, service: ServiceProcess) -> None:
         """Start a service that exited (or stop it first), then wait until it serves."""
-        await service.stop(_STOP_TIMEOUT)
+        await service.stop(STOP_TIMEOUT)
         await service.wait()
         await service.start()
         if service is self.gateway:
             await self.wait_gateway()
         elif service is self.registry:
             await wait_until_serving(
-                self.registry_address, timeout=_READY_TIMEOUT, gone=service.exit_reason
+                self.registry_address, timeout=READY_TIMEOUT, gone=service.exit_reason
             )
         elif service is self.scheduler:
             await wait_until_serving(
-                self.scheduler_address, timeout=_READY_TIMEOUT, gone=service.exit_reason
+                self.scheduler_address, timeout=READY_TIMEOUT, gone=service.exit_reason
             )
-
-    async def wait_gateway(self) -> None:
-        async with httpx.AsyncClient(timeout=1.0) as client:
-
-            async def answers() -> bool:
-                reason = self.gateway.exit_reason()
-                assert reason is None, reason
-                try:
-                    return (await client.get(self.gateway_url + "/")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await wait_until(answers, what="the gateway to answer", timeout=_READY_TIMEOUT)
 
     async def get(self, path: str) -> Any:
         async with httpx.AsyncClient(base_url=self.gateway_url, timeout=_HTTP_TIMEOUT) as client:
@@ -140,7 +114,7 @@ class FaultStack:
                 assert warm.status_code in (200, 503), warm.text
                 return warm.status_code == 200
 
-            await wait_until(answered, what="a chat request to succeed", timeout=_READY_TIMEOUT)
+            await wait_until(answered, what="a chat request to succeed", timeout=READY_TIMEOUT)
 
         async def both() -> bool:
             try:
@@ -148,7 +122,7 @@ class FaultStack:
             except httpx.HTTPError:
                 return False
 
-        await wait_until(both, what="a ready replica on every worker", timeout=_READY_TIMEOUT)
+        await wait_until(both, what="a ready replica on every worker", timeout=READY_TIMEOUT)
 
     async def verify_store(self) -> registry_pb2.VerifyResponse:
         async with open_channel(self.registry_address) as channel:
@@ -157,18 +131,9 @@ class FaultStack:
             ).Verify(registry_pb2.VerifyRequest(), timeout=_RPC_TIMEOUT)
             return reply
 
-    async def package(self, gguf: Path, tag: str) -> None:
-        async with open_channel(self.registry_address) as channel:
-            await registry_pb2_grpc.RegistryStub(channel).Package(
-                registry_pb2.PackageRequest(
-                    gguf_path=str(gguf), tag=tag, context_size=self.plan.context_size
-                ),
-                timeout=_RPC_TIMEOUT,
-            )
-
-    async def stop(self) -> None:
-        for service in reversed(self.services()):
-            await service.stop(_STOP_TIMEOUT)
+    async def package(self, gguf: Path, tag: str, *, context_size: int = 0) -> None:
+        """Package with the plan's context size unless told otherwise."""
+        await super().package(gguf, tag, context_size=context_size or self.plan.context_size)
 
     def orphans(self, pids: set[int]) -> set[int]:
         return {pid for pid in pids if is_alive(pid)}
@@ -184,84 +149,20 @@ async def one_token_chat(client: httpx.AsyncClient, model: str) -> httpx.Respons
 
 def _build(plan: StackPlan) -> FaultStack:
     root = plan.root
-    registry_address = f"127.0.0.1:{free_port()}"
-    scheduler_address = f"127.0.0.1:{free_port()}"
-    port = free_port()
-    base = {
-        **os.environ,
-        "REGISTRY_ADDRESS": registry_address,
-        "SCHEDULER_ADDRESS": scheduler_address,
-        "SCHEDULER_HEARTBEAT_INTERVAL": "0.5s",
-        "SCHEDULER_STATE_PATH": str(root / "scheduler" / "model-configs.json"),
-        "SCHEDULER_DEFAULT_PARALLEL": str(plan.slots),
-        "SCHEDULER_DEFAULT_CONTEXT_SIZE": str(plan.context_size),
-        "MODEL_KEEP_ALIVE": "30m",
-        # Two llama-servers share the cores with everything else.
-        "WORKER_LLAMA_THREADS": "1",
-        "LOG_LEVEL": "INFO",
-        **plan.env,
-    }
-    logs = root / "logs"
-    registry = ServiceProcess(
-        "registry",
-        "services.registry",
+    processes = build_cluster(
+        root,
+        {worker_id: {"WORKER_RUNTIME_DIR": str(root / f"rt-{worker_id}")} for worker_id in WORKERS},
         {
-            **base,
-            "REGISTRY_LISTEN_ADDRESS": registry_address,
-            "REGISTRY_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-            "MODELS_PATH": str(root / "models"),
+            "SCHEDULER_DEFAULT_PARALLEL": str(plan.slots),
+            "SCHEDULER_DEFAULT_CONTEXT_SIZE": str(plan.context_size),
+            "MODEL_KEEP_ALIVE": "30m",
+            # Two llama-servers share the cores with everything else.
+            "WORKER_LLAMA_THREADS": "1",
+            **plan.env,
         },
-        logs / "registry.log",
+        gateway_env={"GATEWAY_SHUTDOWN_GRACE": f"{plan.shutdown_grace:g}s"},
     )
-    scheduler = ServiceProcess(
-        "scheduler",
-        "services.scheduler",
-        {
-            **base,
-            "SCHEDULER_LISTEN_ADDRESS": scheduler_address,
-            "SCHEDULER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-        },
-        logs / "scheduler.log",
-    )
-    workers = {}
-    for worker_id in WORKERS:
-        address = f"127.0.0.1:{free_port()}"
-        workers[worker_id] = ServiceProcess(
-            worker_id,
-            "services.worker",
-            {
-                **base,
-                "WORKER_ID": worker_id,
-                "WORKER_LISTEN_ADDRESS": address,
-                "WORKER_ADVERTISE_ADDRESS": address,
-                "WORKER_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-                "WORKER_CACHE_PATH": str(root / f"cache-{worker_id}"),
-                "WORKER_RUNTIME_DIR": str(root / f"rt-{worker_id}"),
-                "WORKER_HEARTBEAT_INTERVAL": "0.5s",
-            },
-            logs / f"{worker_id}.log",
-        )
-    gateway = ServiceProcess(
-        "gateway",
-        "services.gateway",
-        {
-            **base,
-            "MODEL_RUNNER_PORT": str(port),
-            "GATEWAY_LISTEN_HOST": "127.0.0.1",
-            "GATEWAY_SHUTDOWN_GRACE": f"{plan.shutdown_grace:g}s",
-        },
-        logs / "gateway.log",
-    )
-    return FaultStack(
-        plan=plan,
-        registry=registry,
-        scheduler=scheduler,
-        workers=workers,
-        gateway=gateway,
-        registry_address=registry_address,
-        scheduler_address=scheduler_address,
-        gateway_url=f"http://127.0.0.1:{port}",
-    )
+    return FaultStack(**vars(processes), plan=plan)
 
 
 @contextlib.asynccontextmanager
@@ -270,18 +171,8 @@ async def running_stack(plan: StackPlan) -> AsyncIterator[FaultStack]:
     (llama-servers included, through their workers) is stopped when the block exits."""
     stack = _build(plan)
     try:
-        for service in stack.services():
-            await service.start()
-        await asyncio.gather(
-            wait_until_serving(
-                stack.registry_address, timeout=_READY_TIMEOUT, gone=stack.registry.exit_reason
-            ),
-            wait_until_serving(
-                stack.scheduler_address, timeout=_READY_TIMEOUT, gone=stack.scheduler.exit_reason
-            ),
-        )
+        await stack.start()
         await stack.package(plan.gguf, MODEL)
-        await stack.wait_gateway()
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=_HTTP_TIMEOUT) as client:
             response = await client.post(
                 "/engines/_configure",

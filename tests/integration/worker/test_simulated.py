@@ -4,30 +4,23 @@ simulated workers: the scheduler places and routes to them as to any worker, and
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 import openai
 import pytest
 
 from modelrunner.v1 import (
-    registry_pb2,
-    registry_pb2_grpc,
     scheduler_pb2,
     scheduler_pb2_grpc,
     worker_pb2,
     worker_pb2_grpc,
 )
 from services.common.grpc_client import open_channel
-from services.common.health_client import wait_until_serving
-from services.stack.processes import ServiceProcess
 from services.worker.fleet import SimulatedFleet, SimulatedWorkerSpec
 from services.worker.simulated.answers import FINGERPRINT
-from tests.support.processes import free_port, wait_until
+from tests.support.cluster import ProcessCluster, build_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -35,82 +28,23 @@ MODEL = "ai/smollm2"
 WORKERS = ("sim-a", "sim-b", "sim-c")
 
 
-@dataclass(frozen=True)
-class ControlPlane:
-    registry_address: str
-    scheduler_address: str
-    gateway_url: str
-
-
 @pytest.fixture(scope="module")
 async def control_plane(
     tmp_path_factory: pytest.TempPathFactory, gguf_path: Path
-) -> AsyncIterator[ControlPlane]:
-    root = tmp_path_factory.mktemp("simulated")
-    registry_address = f"127.0.0.1:{free_port()}"
-    scheduler_address = f"127.0.0.1:{free_port()}"
-    port = free_port()
-    env = {
-        **os.environ,
-        "REGISTRY_ADDRESS": registry_address,
-        "SCHEDULER_ADDRESS": scheduler_address,
-        "MODELS_PATH": str(root / "models"),
-        "SCHEDULER_HEARTBEAT_INTERVAL": "0.5s",
-        "SCHEDULER_STATE_PATH": "",
-        "LOG_LEVEL": "INFO",
-    }
-    registry = ServiceProcess(
-        "registry",
-        "services.registry",
-        {**env, "REGISTRY_LISTEN_ADDRESS": registry_address},
-        root / "registry.log",
-    )
-    scheduler = ServiceProcess(
-        "scheduler",
-        "services.scheduler",
-        {**env, "SCHEDULER_LISTEN_ADDRESS": scheduler_address},
-        root / "scheduler.log",
-    )
-    gateway = ServiceProcess(
-        "gateway",
-        "services.gateway",
-        {**env, "MODEL_RUNNER_PORT": str(port), "GATEWAY_LISTEN_HOST": "127.0.0.1"},
-        root / "gateway.log",
-    )
-    plane = ControlPlane(registry_address, scheduler_address, f"http://127.0.0.1:{port}")
+) -> AsyncIterator[ProcessCluster]:
+    """Registry, scheduler and gateway as processes; the workers are the simulated fleet."""
+    plane = build_cluster(tmp_path_factory.mktemp("simulated"), {}, {"SCHEDULER_STATE_PATH": ""})
     try:
-        await registry.start()
-        await scheduler.start()
-        await wait_until_serving(registry_address, timeout=60, gone=registry.exit_reason)
-        await wait_until_serving(scheduler_address, timeout=60, gone=scheduler.exit_reason)
-        async with open_channel(registry_address) as channel:
-            # The bundled model, as the stack packages it; simulated workers never fetch it.
-            await registry_pb2_grpc.RegistryStub(channel).Package(
-                registry_pb2.PackageRequest(gguf_path=str(gguf_path), tag=MODEL), timeout=300
-            )
-        await gateway.start()
-        await wait_until(
-            lambda: _gateway_up(plane.gateway_url, gateway), what="the gateway", timeout=60
-        )
+        await plane.start()
+        # The bundled model, as the stack packages it; simulated workers never fetch it.
+        await plane.package(gguf_path, MODEL)
         yield plane
     finally:
-        for service in (gateway, scheduler, registry):
-            await service.stop(20.0)
-
-
-async def _gateway_up(url: str, gateway: ServiceProcess) -> bool:
-    reason = gateway.exit_reason()
-    if reason is not None:
-        raise AssertionError(reason)
-    try:
-        async with httpx.AsyncClient(timeout=1.0) as http:
-            return (await http.get(url + "/")).status_code == 200
-    except httpx.TransportError:
-        return False
+        await plane.stop()
 
 
 @pytest.fixture
-async def fleet(control_plane: ControlPlane) -> AsyncIterator[SimulatedFleet]:
+async def fleet(control_plane: ProcessCluster) -> AsyncIterator[SimulatedFleet]:
     specs = [
         SimulatedWorkerSpec(
             worker_id=worker_id, memory_bytes=8 * 1024**3, tokens_per_second=400.0, load_time=0.2
@@ -140,7 +74,7 @@ async def _serving(fleet: SimulatedFleet) -> list[str]:
 
 
 async def test_the_scheduler_sees_the_fleet_as_workers(
-    control_plane: ControlPlane, fleet: SimulatedFleet
+    control_plane: ProcessCluster, fleet: SimulatedFleet
 ) -> None:
     async with open_channel(control_plane.scheduler_address) as channel:
         scheduler = scheduler_pb2_grpc.SchedulerStub(channel)
@@ -156,7 +90,7 @@ async def test_the_scheduler_sees_the_fleet_as_workers(
 
 
 async def test_an_openai_chat_is_answered_by_a_simulated_worker(
-    control_plane: ControlPlane, fleet: SimulatedFleet
+    control_plane: ProcessCluster, fleet: SimulatedFleet
 ) -> None:
     client = openai.AsyncOpenAI(
         base_url=control_plane.gateway_url + "/engines/llama.cpp/v1",
