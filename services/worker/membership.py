@@ -56,11 +56,11 @@ class Membership:
         *,
         runners: Callable[[], Sequence[RunnerSnapshot]],
         memory_total: Callable[[], int],
-        # True once the worker shuts down (heartbeats say so: no new loads are placed here).
-        draining: Callable[[], bool] = lambda: False,
         memory_free: Callable[[], int],
         cache_bytes: Callable[[], int],
         timings: MembershipTimings,
+        # True once the worker shuts down (heartbeats say so: no new loads are placed here).
+        draining: Callable[[], bool] = lambda: False,
         changed: asyncio.Event | None = None,
     ) -> None:
         self._scheduler = scheduler
