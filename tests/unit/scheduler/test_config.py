@@ -58,6 +58,8 @@ def test_worker_timeout_follows_the_heartbeat_interval() -> None:
         {"SCHEDULER_ROUTING": "random"},
         {"SCHEDULER_DEFAULT_PARALLEL": "0"},
         {"SCHEDULER_AFFINITY_MAX_IMBALANCE": "-1"},
+        {"SCHEDULER_AFFINITY_WAIT": "-1"},
+        {"SCHEDULER_AFFINITY_WAIT": "a while"},
         {"SCHEDULER_QUEUE_TIMEOUT": "0"},
     ],
 )
