@@ -13,7 +13,9 @@ seconds with the hints the gateway sends (a session key per conversation and 2-1
 growing turn by turn); the total concurrency is the same whether it runs in 1 or 2 processes, so
 the two rows show how much the client's own CPU limits the result on this 2-core machine. A
 single client gives the latency without queueing, and a Health.Check row (the same server
-answering an empty unary call) gives gRPC's own floor. The scheduler's CPU comes from /proc
+answering an empty unary call) gives gRPC's own floor. The paced row (`--rate`, 0 to skip) starts
+pairs on a fixed schedule whatever the answers, as independent requests arrive (open loop), so
+queueing shows as latency at a known offered load. The scheduler's CPU comes from /proc
 (utime + stime) over the same window; the heartbeat columns show whether the scheduler kept up
 with its workers while saturated (a heartbeat answered "unknown worker" means it expired a live
 one).
